@@ -1,0 +1,27 @@
+"""fastrnn: fused recurrent kernels as drop-in replacements for torch.nn's RNN, LSTM and GRU.
+
+    import fastrnn
+    lstm = fastrnn.LSTM(256, 512, num_layers=2, bidirectional=True)   # as nn.LSTM
+    fastrnn.convert(model)          # swap the recurrent modules of a model you hold
+    with fastrnn.patch(): ...       # make torch.nn.LSTM etc. resolve to fastrnn's
+    with fastrnn.use_backend("reference"): ...   # or FASTRNN_BACKEND=reference
+"""
+from . import backends
+from .backends import use_backend
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .swap import convert, patch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "convert",
+    "patch",
+    "use_backend",
+    "backends",
+]

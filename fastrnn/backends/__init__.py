@@ -1,0 +1,126 @@
+"""Backend registry and selection.
+
+Selection order for one layer call:
+  1. the innermost `use_backend(name)` context, else the FASTRNN_BACKEND
+     environment variable, else "auto";
+  2. a named backend is tried first, then the automatic chain for the device;
+  3. each backend in the chain either serves the call or declines with a reason;
+     `reference` supports everything, so the chain always ends in a result.
+
+The automatic chain per device type is fastest first. `cuda` is deliberately
+absent from it: it is opt-in until its parity suite has passed on real hardware
+and the result is recorded in docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Optional
+
+from torch import Tensor
+
+from .base import Backend, LayerSpec, LayerWeights
+
+_BACKENDS: dict[str, Backend] = {}
+AUTO_CHAIN = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
+_override: list[str] = []
+
+
+def register(backend: Backend) -> Backend:
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def get(name: str) -> Backend:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown fastrnn backend {name!r}; choose one of {['auto', *_BACKENDS]}"
+        ) from None
+
+
+def names() -> list[str]:
+    """Every registered backend, usable here or not."""
+    return list(_BACKENDS)
+
+
+def available() -> list[str]:
+    """Backends that can run in this process (their extension or package loaded)."""
+    return [n for n, b in _BACKENDS.items() if b.available() is None]
+
+
+def requested() -> str:
+    """The backend the user asked for: context manager, then env var, then auto."""
+    if _override:
+        return _override[-1]
+    return os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed calls on backend `name` ("auto" restores the default)."""
+    if name != "auto":
+        get(name)
+    _override.append(name)
+    try:
+        yield
+    finally:
+        _override.pop()
+
+
+def chain(device_type: str) -> list[str]:
+    want = requested()
+    auto = list(AUTO_CHAIN.get(device_type, ("reference",)))
+    if want == "auto":
+        return auto
+    get(want)
+    return [want] + [n for n in auto if n != want]
+
+
+def select(spec: LayerSpec, x: Tensor) -> Backend:
+    """The first backend in the chain that accepts this call."""
+    for name in chain(x.device.type):
+        backend = _BACKENDS.get(name)
+        if backend is None or backend.available() is not None:
+            continue
+        if backend.supports(spec, x) is None:
+            return backend
+    return _BACKENDS["reference"]
+
+
+def why_not(name: str, spec: LayerSpec, x: Tensor) -> Optional[str]:
+    """None if backend `name` would serve this call, else its reason for declining."""
+    backend = get(name)
+    return backend.available() or backend.supports(spec, x)
+
+
+def _load() -> None:
+    from . import reference  # noqa: F401  (always present: the oracle)
+
+    for module in ("cpu", "triton_backend", "cuda"):
+        try:
+            __import__(f"{__name__}.{module}")
+        except ModuleNotFoundError as err:
+            # A backend whose source is not in this tree is simply absent; any other
+            # import failure is a bug and must surface.
+            if err.name != f"{__name__}.{module}":
+                raise
+
+
+__all__ = [
+    "Backend",
+    "LayerSpec",
+    "LayerWeights",
+    "register",
+    "get",
+    "names",
+    "available",
+    "requested",
+    "use_backend",
+    "chain",
+    "select",
+    "why_not",
+]
+
+_load()

@@ -1,0 +1,89 @@
+"""The contract every backend implements: one recurrent layer, one direction.
+
+Shapes (G = gates per cell: LSTM 4, GRU 3, RNN 1; H = hidden_size;
+Hout = proj_size if proj_size > 0 else H; B = batch_sizes[0]):
+
+    x            (N, I)      time-major packed rows, N = sum(batch_sizes).
+                             Padded input is the special case batch_sizes = [B] * T.
+    batch_sizes  (T,)        int64 on the CPU, non-increasing, batch_sizes[0] = B.
+                             At step t only rows 0..batch_sizes[t]-1 are live, so a
+                             row that has ended keeps its state: h_n is then simply
+                             the state buffer after the last step.
+    h0           (B, Hout)
+    c0           (B, H)      LSTM only, else None
+    w_ih         (G*H, I)    torch.nn's gate order (LSTM i,f,g,o; GRU r,z,n)
+    w_hh         (G*H, Hout)
+    b_ih, b_hh   (G*H,)      or None when bias=False
+    w_hr         (Hout, H)   LSTM with proj_size > 0, else None
+
+    returns y (N, Hout), h_n (B, Hout), c_n (B, H) or None.
+
+`reverse=True` runs time backwards: for packed input the batch then grows, and a
+row that joins at step t starts from its h0/c0.
+
+A backend's `layer` must be differentiable with respect to x, h0, c0 and every
+weight (through autograd or a registered backward). `supports` returns None when
+the backend can serve the call, or a short reason when it declines; the registry
+then asks the next backend, so a decline never produces a wrong result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+
+MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a layer computes; independent of the data it runs on."""
+
+    mode: str
+    input_size: int
+    hidden_size: int
+    proj_size: int = 0
+    bias: bool = True
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.mode]
+
+    @property
+    def out_size(self) -> int:
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+
+class LayerWeights(NamedTuple):
+    w_ih: Tensor
+    w_hh: Tensor
+    b_ih: Optional[Tensor]
+    b_hh: Optional[Tensor]
+    w_hr: Optional[Tensor]
+
+
+class Backend:
+    """Base class; subclasses set `name` and implement `supports` and `layer`."""
+
+    name: str = "?"
+
+    def available(self) -> Optional[str]:
+        """None when usable in this process, else why not (e.g. extension missing)."""
+        return None
+
+    def supports(self, spec: LayerSpec, x: Tensor) -> Optional[str]:
+        raise NotImplementedError
+
+    def layer(
+        self,
+        spec: LayerSpec,
+        x: Tensor,
+        batch_sizes: Tensor,
+        h0: Tensor,
+        c0: Optional[Tensor],
+        weights: LayerWeights,
+        reverse: bool,
+    ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+        raise NotImplementedError

@@ -1,0 +1,111 @@
+"""fastrnn.RNNCell, LSTMCell and GRUCell: torch.nn's cells with `forward` replaced.
+
+A cell is one time step of a one-layer, one-direction stack, so it runs through
+the same backend `layer` call with batch_sizes = [B].
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..backends.base import LayerSpec, LayerWeights
+from ..stack import run_layer
+
+_MODES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+
+
+class _FusedCell:
+    """forward() shared by the three cells; `self` is also an nn.RNNCellBase."""
+
+    last_backend: Optional[str] = None
+
+    def _mode(self) -> str:
+        raise NotImplementedError
+
+    def forward(self, input: Tensor, hx=None):
+        mode = self._mode()
+        lstm = mode == "LSTM"
+        name = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        states = None if hx is None else (tuple(hx) if lstm else (hx,))
+        if states is not None:
+            for idx, state in enumerate(states):
+                if state.dim() not in (1, 2):
+                    what = f"hx[{idx}]" if lstm else "hidden"
+                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {state.dim()}D instead")
+        is_batched = input.dim() == 2
+        x = input if is_batched else input.unsqueeze(0)
+        batch = x.size(0)
+        if states is None:
+            zeros = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device)
+            states = (zeros, zeros) if lstm else (zeros,)
+        elif not is_batched:
+            states = tuple(s.unsqueeze(0) for s in states)
+        self._check(x, states)
+
+        spec = LayerSpec(mode, self.input_size, self.hidden_size, 0, self.bias)
+        weights = LayerWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
+        used: list[str] = []
+        _, h, c = run_layer(
+            spec,
+            x.contiguous(),
+            torch.tensor([batch], dtype=torch.int64),
+            states[0].contiguous(),
+            states[1].contiguous() if lstm else None,
+            weights,
+            False,
+            used,
+        )
+        self.last_backend = used[0]
+        if not is_batched:
+            h = h.squeeze(0)
+            c = c.squeeze(0) if lstm else None
+        return (h, c) if lstm else h
+
+    def _check(self, x: Tensor, states: tuple[Tensor, ...]) -> None:
+        """The checks torch.nn's cells make in C++, with the same RuntimeError class."""
+        if x.size(1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
+        if x.dtype != self.weight_ih.dtype:
+            raise RuntimeError(f"input dtype ({x.dtype}) does not match weight dtype ({self.weight_ih.dtype})")
+        for idx, state in enumerate(states):
+            if state.dim() != 2 or state.size(0) != x.size(0):
+                raise RuntimeError(
+                    f"Input batch size {x.size(0)} doesn't match hidden{idx} batch size {state.size(0)}"
+                    if state.dim() == 2
+                    else f"hidden{idx} must be 1-D for 1-D input, got {state.dim() - 1}-D"
+                )
+            if state.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {self.hidden_size}"
+                )
+            if state.dtype != x.dtype or state.device != x.device:
+                raise RuntimeError(
+                    f"hidden{idx} is {state.dtype} on {state.device} but input is {x.dtype} on {x.device}"
+                )
+
+
+class RNNCell(_FusedCell, nn.RNNCell):
+    __doc__ = "Drop-in for torch.nn.RNNCell running on fastrnn's kernels.\n\n" + (nn.RNNCell.__doc__ or "")
+
+    def _mode(self) -> str:
+        if self.nonlinearity not in _MODES:
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return _MODES[self.nonlinearity]
+
+
+class LSTMCell(_FusedCell, nn.LSTMCell):
+    __doc__ = "Drop-in for torch.nn.LSTMCell running on fastrnn's kernels.\n\n" + (nn.LSTMCell.__doc__ or "")
+
+    def _mode(self) -> str:
+        return "LSTM"
+
+
+class GRUCell(_FusedCell, nn.GRUCell):
+    __doc__ = "Drop-in for torch.nn.GRUCell running on fastrnn's kernels.\n\n" + (nn.GRUCell.__doc__ or "")
+
+    def _mode(self) -> str:
+        return "GRU"

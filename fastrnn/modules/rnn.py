@@ -1,0 +1,161 @@
+"""fastrnn.RNN, LSTM and GRU: subclasses of torch.nn's, with only `forward` replaced.
+
+Subclassing keeps everything else identical by construction: constructor
+arguments and their validation, parameter names/order/shapes, initialisation and
+its random draws, state_dict keys, flatten_parameters, all_weights, repr, _apply
+(.to(), .double()), and `isinstance(m, torch.nn.LSTM)`. The base classes are bound
+here at import time, so `fastrnn.patch()` replacing `torch.nn.LSTM` later cannot
+make these classes inherit from themselves.
+
+forward validates input exactly as torch.nn does (reusing the inherited
+check_forward_args, and raising the same exception classes for the checks torch
+does in C++), then hands time-major packed rows to fastrnn.stack.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from ..stack import run_stack
+
+
+class NotATensorError(TypeError, AttributeError):
+    """An argument that must be a Tensor is not one.
+
+    torch.nn fails on such input with an AttributeError ('list' object has no
+    attribute 'dim'); this is also that class, so existing handlers still match,
+    but with a message that names the problem.
+    """
+
+
+class _FusedStack:
+    """forward() shared by RNN, LSTM and GRU; `self` is also an nn.RNNBase."""
+
+    #: Name(s) of the backend(s) that ran this module's last forward, e.g. "cpu".
+    last_backend: Optional[str] = None
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        lstm = self.mode == "LSTM"
+        dirs = 2 if self.bidirectional else 1
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched, batch_dim = True, None
+            max_batch = int(batch_sizes[0])
+        else:
+            if not isinstance(input, Tensor):
+                raise NotATensorError(
+                    f"{type(self).__name__}: input must be a Tensor or PackedSequence, "
+                    f"got {type(input).__name__}"
+                )
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead"
+                )
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            data = input if is_batched else input.unsqueeze(batch_dim)
+            batch_sizes = sorted_indices = unsorted_indices = None
+            max_batch = data.size(batch_dim)
+            if hx is not None:
+                hx = _match_rank(hx, lstm, is_batched)
+
+        if hx is None:
+            zeros = dict(dtype=data.dtype, device=data.device)
+            h = torch.zeros(self.num_layers * dirs, max_batch, out_size, **zeros)
+            hx = (h, torch.zeros(self.num_layers * dirs, max_batch, self.hidden_size, **zeros)) if lstm else h
+        elif lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise RuntimeError("lstm expects two hidden states")
+        self.check_forward_args(data, hx, batch_sizes)
+        _check_state_dtype(data, hx)
+        hx = self.permute_hidden(hx, sorted_indices)
+
+        if packed:
+            rows = data
+        else:
+            time_major = data.transpose(0, 1) if self.batch_first else data
+            steps = time_major.size(0)
+            if steps == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            rows = time_major.reshape(steps * max_batch, self.input_size)
+            batch_sizes = torch.full((steps,), max_batch, dtype=torch.int64)
+
+        used: list[str] = []
+        out, h_n, c_n = run_stack(
+            self.mode,
+            rows,
+            batch_sizes,
+            hx[0] if lstm else hx,
+            hx[1] if lstm else None,
+            self._flat_weights,
+            hidden_size=self.hidden_size,
+            proj_size=self.proj_size,
+            num_layers=self.num_layers,
+            bidirectional=self.bidirectional,
+            bias=self.bias,
+            dropout=float(self.dropout),
+            training=self.training,
+            used=used,
+        )
+        self.last_backend = "+".join(used)
+        hidden = (h_n, c_n) if lstm else h_n
+
+        if packed:
+            return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
+                hidden, unsorted_indices
+            )
+        out = out.view(steps, max_batch, dirs * out_size)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not is_batched:
+            out = out.squeeze(batch_dim)
+            hidden = (h_n.squeeze(1), c_n.squeeze(1)) if lstm else h_n.squeeze(1)
+        return out, hidden
+
+
+def _match_rank(hx, lstm: bool, is_batched: bool):
+    """torch.nn's rule: hx must have rank 3 for batched input, 2 for unbatched (then add the batch dim)."""
+    want = 3 if is_batched else 2
+    kind = "batched 3-D" if is_batched else "unbatched 2-D"
+    if lstm:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
+        if hx[0].dim() != want or hx[1].dim() != want:
+            raise RuntimeError(
+                f"For {kind} input, hx and cx should also be {want}-D but got "
+                f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+            )
+        return hx if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+    if not isinstance(hx, Tensor):
+        raise NotATensorError(f"hx must be a Tensor, got {type(hx).__name__}")
+    if hx.dim() != want:
+        raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
+    return hx if is_batched else hx.unsqueeze(1)
+
+
+def _check_state_dtype(data: Tensor, hx) -> None:
+    """torch.nn fails inside its kernels on a state of another dtype or device; say so up front."""
+    for state in hx if isinstance(hx, (tuple, list)) else (hx,):
+        if state.dtype != data.dtype:
+            raise RuntimeError(f"hidden state dtype ({state.dtype}) does not match input dtype ({data.dtype})")
+        if state.device != data.device:
+            raise RuntimeError(
+                f"hidden state is on {state.device} but input is on {data.device}; move them to one device"
+            )
+
+
+class RNN(_FusedStack, nn.RNN):
+    __doc__ = "Drop-in for torch.nn.RNN running on fastrnn's kernels.\n\n" + (nn.RNN.__doc__ or "")
+
+
+class LSTM(_FusedStack, nn.LSTM):
+    __doc__ = "Drop-in for torch.nn.LSTM running on fastrnn's kernels.\n\n" + (nn.LSTM.__doc__ or "")
+
+
+class GRU(_FusedStack, nn.GRU):
+    __doc__ = "Drop-in for torch.nn.GRU running on fastrnn's kernels.\n\n" + (nn.GRU.__doc__ or "")

@@ -1,0 +1,100 @@
+"""Runs a stack of recurrent layers over time-major packed rows.
+
+Both public input forms reach here as one form (see backends/base.py):
+    x            (N, I)  rows of all time steps, time-major
+    batch_sizes  (T,)    live rows per step; padded input is [B] * T
+
+so that layers, directions and packing share one code path, and every backend
+only implements a single layer in a single direction.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import backends
+from .backends.base import LayerSpec, LayerWeights
+
+
+def split_weights(ws: Sequence[Tensor], bias: bool, has_proj: bool) -> LayerWeights:
+    """torch.nn's per-(layer, direction) order: w_ih, w_hh, [b_ih, b_hh], [w_hr]."""
+    w_ih, w_hh = ws[0], ws[1]
+    b_ih, b_hh = (ws[2], ws[3]) if bias else (None, None)
+    w_hr = ws[-1] if has_proj else None
+    return LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
+
+
+def run_layer(
+    spec: LayerSpec,
+    x: Tensor,
+    batch_sizes: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    weights: LayerWeights,
+    reverse: bool,
+    used: list[str],
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer and direction on the first backend that accepts it."""
+    backend = backends.select(spec, x)
+    if backend.name not in used:
+        used.append(backend.name)
+    return backend.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
+
+
+def run_stack(
+    mode: str,
+    x: Tensor,
+    batch_sizes: Tensor,
+    hx: Tensor,
+    cx: Optional[Tensor],
+    flat_weights: Sequence[Tensor],
+    *,
+    hidden_size: int,
+    proj_size: int,
+    num_layers: int,
+    bidirectional: bool,
+    bias: bool,
+    dropout: float,
+    training: bool,
+    used: list[str],
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """
+    x (N, I); hx (L*D, B, Hout); cx (L*D, B, H) for LSTM.
+    Returns out (N, D*Hout), h_n (L*D, B, Hout), c_n (L*D, B, H) or None.
+
+    Dropout is applied to each layer's output except the last's, in training
+    mode only, with the same call torch.nn makes, so a seeded run draws the same
+    masks in the same order.
+    """
+    dirs = 2 if bidirectional else 1
+    per = len(flat_weights) // (num_layers * dirs)
+    layer_input = x.contiguous()
+    h_n: list[Tensor] = []
+    c_n: list[Tensor] = []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(dirs):
+            idx = layer * dirs + direction
+            weights = split_weights(flat_weights[idx * per : (idx + 1) * per], bias, proj_size > 0)
+            spec = LayerSpec(mode, layer_input.shape[1], hidden_size, proj_size, bias)
+            y, h, c = run_layer(
+                spec,
+                layer_input,
+                batch_sizes,
+                hx[idx].contiguous(),
+                None if cx is None else cx[idx].contiguous(),
+                weights,
+                direction == 1,
+                used,
+            )
+            outputs.append(y)
+            h_n.append(h)
+            if c is not None:
+                c_n.append(c)
+        layer_input = outputs[0] if dirs == 1 else torch.cat(outputs, dim=1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    return layer_input, torch.stack(h_n), (torch.stack(c_n) if cx is not None else None)

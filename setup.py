@@ -1,0 +1,58 @@
+"""Builds fastrnn and its one native extension, fastrnn._C.
+
+Install with the user's own torch (no isolated build env, which would pull a
+different torch):  pip install --no-build-isolation -e .
+
+- csrc/*.cpp and csrc/cpu/*.cpp always build (schemas + CPU kernels).
+- csrc/cuda/*.cu and csrc/cuda/*.cpp build only when this torch is a CUDA build
+  and nvcc exists (CUDA_HOME); torch.cuda.is_available() is not consulted, so a
+  GPU-less build box with CUDA torch still builds them. TORCH_CUDA_ARCH_LIST is
+  honoured by torch's build helper.
+- FASTRNN_NATIVE=0 drops -march=native (for wheels meant for other CPUs).
+"""
+import glob
+import os
+
+import torch
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def extension():
+    with_cuda = CUDA_HOME is not None and torch.version.cuda is not None
+    cxx = ["-O3", "-std=c++17", "-fopenmp-simd"]
+    if os.environ.get("FASTRNN_NATIVE", "1") != "0":
+        cxx.append("-march=native")
+    srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    if not with_cuda:
+        return CppExtension(
+            "fastrnn._C", srcs, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+        )
+    srcs += sources("csrc/cuda/*.cu") + sources("csrc/cuda/*.cpp")
+    return CUDAExtension(
+        "fastrnn._C",
+        srcs,
+        include_dirs=include_dirs,
+        define_macros=[("FASTRNN_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
+    )
+
+
+setup(
+    name="fastrnn",
+    version="0.1.0",
+    description="Fused recurrent kernels (LSTM, GRU, RNN) as drop-in torch.nn replacements",
+    packages=find_packages(include=["fastrnn", "fastrnn.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+    install_requires=[],  # torch is the user's own; see README for the pinned install
+    entry_points={"console_scripts": ["fastrnn=fastrnn.cli:main"]},
+)

@@ -1,0 +1,47 @@
+"""Shared fixtures: one intra-op thread, and the backends the suite runs against.
+
+Every parity test is parametrized over `backend`: the single backend named by
+FASTRNN_BACKEND when set (CI runs one job per backend that way), else every
+backend available in this process that can serve the test device. Later
+backends inherit the whole suite by registering themselves.
+"""
+import os
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import backends
+from fastrnn.backends.base import LayerSpec
+
+# OpenMP spin-waits on a shared 2-core box make multi-threaded torch erratic;
+# correctness does not depend on the thread count.
+torch.set_num_threads(1)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def serving_backends(device: str = DEVICE) -> list[str]:
+    named = os.environ.get("FASTRNN_BACKEND")
+    if named and named != "auto":
+        return [named]
+    probe = torch.empty(1, 1, device=device)
+    spec = LayerSpec("LSTM", 1, 1)
+    return [n for n in backends.available() if backends.why_not(n, spec, probe) is None]
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", serving_backends())
+
+
+@pytest.fixture
+def use(backend):
+    """Runs the test body with `backend` selected."""
+    with fastrnn.use_backend(backend):
+        yield backend
+
+
+@pytest.fixture
+def device():
+    return DEVICE

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs, then runs every backend
+# that this machine can run (the Triton kernels through Triton's CPU interpreter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+bash .ci/install
+export OMP_NUM_THREADS=1
+"$PY" -m pytest tests -q -p no:cacheprovider "$@"
+# The same parity suite again on the Triton kernels, interpreted on the CPU.
+TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest -q -p no:cacheprovider \
+  tests/test_parity.py tests/test_backends.py tests/test_swap_and_training.py

@@ -1,0 +1,137 @@
+"""The modules are torch.nn's from a user's point of view: construction, weights, state, copies."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import fastrnn
+
+PAIRS = [
+    ("RNN", dict(num_layers=2, nonlinearity="relu", bidirectional=True)),
+    ("LSTM", dict(num_layers=2, proj_size=3, bidirectional=True, batch_first=True)),
+    ("GRU", dict(num_layers=3, bias=False, dropout=0.3)),
+    ("RNNCell", dict(nonlinearity="tanh")),
+    ("LSTMCell", dict()),
+    ("GRUCell", dict(bias=False)),
+]
+
+
+def build(name, kwargs, seed=0):
+    torch.manual_seed(seed)
+    ref = getattr(nn, name)(5, 7, **kwargs)
+    torch.manual_seed(seed)
+    ours = getattr(fastrnn, name)(5, 7, **kwargs)
+    return ref, ours
+
+
+def sample_input(name, ours):
+    if name.endswith("Cell"):
+        return (torch.randn(3, 5),)
+    return (torch.randn(3, 4, 5),)
+
+
+@pytest.mark.parametrize("name,kwargs", PAIRS)
+def test_same_class_identity_and_init(name, kwargs):
+    ref, ours = build(name, kwargs)
+    assert isinstance(ours, getattr(nn, name))
+    assert type(ours).__name__ == name
+    assert repr(ours) == repr(ref)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for (n, a), (_, b) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert torch.equal(a, b), f"seeded init differs for {n}"
+    if not name.endswith("Cell"):
+        assert [[p.shape for p in w] for w in ours.all_weights] == [[p.shape for p in w] for w in ref.all_weights]
+        ours.flatten_parameters()
+
+
+@pytest.mark.parametrize("name,kwargs", PAIRS)
+def test_state_dict_both_ways(name, kwargs):
+    ref, ours = build(name, kwargs, seed=1)
+    _, fresh = build(name, kwargs, seed=2)
+    fresh.load_state_dict(ref.state_dict())
+    ref2, _ = build(name, kwargs, seed=3)
+    ref2.load_state_dict(fresh.state_dict())
+    for a, b in zip(ref.state_dict().values(), ref2.state_dict().values()):
+        assert torch.equal(a, b)
+    ref.eval(), fresh.eval()
+    args = sample_input(name, ours)
+    torch.testing.assert_close(fresh(*args), ref(*args))
+
+
+@pytest.mark.parametrize("name,kwargs", PAIRS)
+def test_deepcopy_pickle_to(name, kwargs):
+    _, ours = build(name, kwargs)
+    ours.eval()
+    args = sample_input(name, ours)
+    want = ours(*args)
+    for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert type(clone) is type(ours)
+        torch.testing.assert_close(clone(*args), want)
+    buf = io.BytesIO()
+    torch.save(ours, buf)
+    buf.seek(0)
+    assert type(torch.load(buf, weights_only=False)) is type(ours)
+    assert type(ours).__module__.startswith("fastrnn.modules")
+    double = copy.deepcopy(ours).double()
+    assert all(p.dtype == torch.float64 for p in double.parameters())
+    torch.testing.assert_close(double(*(a.double() for a in args)), want, check_dtype=False, rtol=1e-4, atol=1e-5)
+    half = copy.deepcopy(ours).bfloat16()
+    out = half(*(a.bfloat16() for a in args))
+    first = out[0] if isinstance(out, tuple) else out
+    first = first[0] if isinstance(first, tuple) else first
+    assert first.dtype == torch.bfloat16
+
+
+def _first_tensor(out):
+    while isinstance(out, tuple):
+        out = out[0]
+    return out
+
+
+@pytest.mark.parametrize("name,kwargs", PAIRS)
+def test_inplace_update_and_functional_call(name, kwargs):
+    _, ours = build(name, kwargs)
+    ours.eval()
+    args = sample_input(name, ours)
+    before = _first_tensor(ours(*args)).clone()
+    with torch.no_grad():
+        (ours.weight_ih_l0 if hasattr(ours, "weight_ih_l0") else ours.weight_ih).mul_(2)
+    after = _first_tensor(ours(*args))
+    assert not torch.allclose(before, after), "in-place weight update had no effect"
+    params = {n: torch.randn_like(p) for n, p in ours.named_parameters()}
+    got = _first_tensor(functional_call(ours, params, args))
+    twin = copy.deepcopy(ours)
+    twin.load_state_dict(params)
+    torch.testing.assert_close(got, _first_tensor(twin(*args)))
+    assert not torch.allclose(got, after)
+
+
+def test_dropout_same_draws_in_train_and_none_in_eval():
+    ref, ours = build("LSTM", dict(num_layers=3, dropout=0.4, bidirectional=True))
+    x = torch.randn(6, 2, 5)
+    torch.manual_seed(11)
+    want = ref(x)[0]
+    torch.manual_seed(11)
+    got = ours(x)[0]
+    torch.testing.assert_close(got, want)
+    ref.eval(), ours.eval()
+    torch.manual_seed(3)
+    a = ours(x)[0]
+    torch.manual_seed(4)
+    torch.testing.assert_close(ours(x)[0], a)
+    torch.testing.assert_close(a, ref(x)[0])
+
+
+def test_dropout_warning_matches():
+    with pytest.warns(UserWarning, match="dropout"):
+        fastrnn.GRU(3, 4, num_layers=1, dropout=0.5)
+
+
+def test_zero_batch():
+    ref, ours = build("GRU", dict(num_layers=2))
+    x = torch.randn(3, 0, 5)
+    assert ours(x)[0].shape == ref(x)[0].shape
