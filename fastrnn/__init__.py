@@ -10,6 +10,9 @@ from . import backends
 from .backends import use_backend
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .swap import convert, patch
+from . import compile_support
+
+compile_support.enable((RNN, LSTM, GRU))
 
 __version__ = "0.1.0"
 
