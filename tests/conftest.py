@@ -19,6 +19,9 @@ from fastrnn.backends.base import LayerSpec
 torch.set_num_threads(1)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Parity on a GPU is judged in true fp32: TF32 would make cuDNN itself drift.
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
 
 
 def serving_backends(device: str = DEVICE) -> list[str]:
