@@ -24,11 +24,25 @@ def sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def simd_flags():
+    """Selects ATen's at::vec implementation for this machine's SIMD width.
+
+    ATen's vector headers pick AVX2 / AVX-512 code only under CPU_CAPABILITY_*
+    (ATen defines it per dispatch build); without it at::vec::Vectorized is a
+    plain array. Only meaningful together with -march=native.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability not in ("AVX2", "AVX512"):
+        return []
+    return [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
+
+
 def extension():
     with_cuda = CUDA_HOME is not None and torch.version.cuda is not None
     cxx = ["-O3", "-std=c++17", "-fopenmp-simd"]
     if os.environ.get("FASTRNN_NATIVE", "1") != "0":
         cxx.append("-march=native")
+        cxx += simd_flags()
     srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not with_cuda:

@@ -11,7 +11,7 @@ import torch
 
 from . import register
 from .base import Backend
-from .cpu import _IMPORT_ERROR, _ops  # one loader of fastrnn._C for both native backends
+from .native import LOAD_ERROR, _ops
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -20,8 +20,8 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def available(self):
-        if _IMPORT_ERROR is not None:
-            return _IMPORT_ERROR
+        if LOAD_ERROR is not None:
+            return LOAD_ERROR
         if not torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::layer_fwd", "CUDA"):
             return "fastrnn._C was built without CUDA kernels (needs a CUDA torch and nvcc)"
         return None

@@ -1,0 +1,98 @@
+"""Quick CPU comparison: one fastrnn `cpu` layer vs torch.nn's single layer.
+
+Same weights and inputs; calls are interleaved (torch, fastrnn, torch, ...) so
+drift in machine load hits both; the median of each is reported. On a shared
+machine, `--clock cpu` times with the process CPU clock instead of the wall
+clock, which ignores time spent descheduled (meaningful with --threads 1 only:
+with more threads it sums the threads' CPU time).
+
+    python benchmarks/cpu_kernel_quick.py --threads 1 2 --modes LSTM GRU RNN_TANH
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from fastrnn import _ops
+from fastrnn.backends.base import LayerSpec, LayerWeights
+
+TORCH_MODULES = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+
+
+def torch_module(mode: str, size: int, hidden: int) -> torch.nn.Module:
+    if mode in TORCH_MODULES:
+        return TORCH_MODULES[mode](size, hidden)
+    return torch.nn.RNN(size, hidden, nonlinearity="tanh" if mode == "RNN_TANH" else "relu")
+
+
+def median_times(fns, repeats: int, clock) -> list[float]:
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, out in zip(fns, samples):
+            start = clock()
+            fn()
+            out.append(clock() - start)
+    return [statistics.median(s) for s in samples]
+
+
+def case(mode: str, batch: int, hidden: int, steps: int, train: bool, repeats: int, clock):
+    module = torch_module(mode, hidden, hidden)
+    x = torch.randn(steps, batch, hidden)
+    spec = LayerSpec(mode, hidden, hidden)
+    weights = LayerWeights(module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
+                           module.bias_hh_l0, None)
+    h0 = torch.zeros(batch, hidden)
+    c0 = torch.zeros(batch, hidden) if mode == "LSTM" else None
+    sizes = torch.full((steps,), batch, dtype=torch.int64)
+    rows = x.reshape(steps * batch, hidden)
+    if train:
+        x.requires_grad_()
+
+    def run_torch():
+        with torch.set_grad_enabled(train):
+            y = module(x)[0]
+            if train:
+                y.sum().backward()
+
+    def run_fastrnn():
+        with torch.set_grad_enabled(train):
+            y = _ops.layer(spec, rows, sizes, h0, c0, weights, False)[0]
+            if train:
+                y.sum().backward()
+
+    for fn in (run_torch, run_fastrnn):  # warm-up (allocator, MKL/oneDNN primitives)
+        fn()
+    return median_times([run_torch, run_fastrnn], repeats, clock)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--modes", nargs="+", default=["LSTM", "GRU", "RNN_TANH"])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print("| threads | mode | B | H | pass | torch ms | fastrnn ms | speedup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for mode in args.modes:
+            for batch in args.batch:
+                for hidden in args.hidden:
+                    for train in (False, True):
+                        t_torch, t_fast = case(mode, batch, hidden, args.steps, train,
+                                               args.repeats, clock)
+                        print(f"| {threads} | {mode} | {batch} | {hidden} | "
+                              f"{'fwd+bwd' if train else 'no_grad'} | {t_torch * 1e3:.2f} | "
+                              f"{t_fast * 1e3:.2f} | {t_torch / t_fast:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

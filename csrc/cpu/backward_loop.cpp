@@ -1,0 +1,117 @@
+// Backward time loop (contract: fastrnn/cpu/recurrence.h).
+//
+// Walks the steps in reverse processing order. Per step and batch tile:
+//   dh_t    = dL/dy_t + dh carried from the later step      (P wide)
+//   (projection: dL/d h_cell = dh_t @ W_hr, a small GEMM)
+//   one vectorized pass: gate backward of fastrnn/gates.h -> dg rows, dc carry
+//   dh carry = dg_hidden @ W_hh (+ GRU's direct dh * z), a small GEMM.
+// The weight gradients are left to large GEMMs after the loop, which is why
+// the loop also writes h_prev (and, projecting, dy_total and h_cell) per token.
+#include <cstring>
+#include <vector>
+
+#include "fastrnn/cpu/recurrence.h"
+#include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/steps.h"
+#include "fastrnn/cpu/vec_math.h"
+#include "fastrnn/gates.h"
+
+namespace fastrnn::cpu {
+namespace {
+
+using at::vec::Vectorized;
+namespace ws_col = workspace;
+
+template <typename S, Mode M>
+void backward_tile(const LayerDims& d, const Steps& steps, const BackwardArgs<S>& a, int64_t b0,
+                   int64_t b1) {
+  using V = Vectorized<S>;
+  const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
+  const int64_t dgc = dgate_columns(M, H);
+  const bool project = a.whr.data != nullptr;
+  std::vector<S> dh_cell(project ? (b1 - b0) * H : 0);
+
+  for (int64_t s = d.T - 1; s >= 0; --s) {
+    const int64_t t = steps.step(s);
+    const int64_t live = steps.live(t, b0, b1);
+    if (live <= 0) continue;
+    const int64_t n0 = steps.row(t, b0);
+    S* dh = a.dh + b0 * P;
+
+    if (project) {
+      for (int64_t r = 0; r < live; ++r) {
+        const S* gy = a.grad_y + (n0 + r) * P;
+        S* dy = a.dy_total + (n0 + r) * P;
+        for_each_vector<S>(P, [&](int64_t j, int64_t n) {
+          (V::loadu(gy + j, n) + V::loadu(dh + r * P + j, n)).store(dy + j, n);
+        });
+      }
+      small_gemm<S>(live, a.dy_total + n0 * P, P, a.whr, 0, P, dh_cell.data(), H, false);
+    }
+
+    for (int64_t r = 0; r < live; ++r) {
+      const int64_t b = b0 + r, n = n0 + r, p = steps.prev_row(t, b);
+      const S* hp = p >= 0 ? a.y + p * P : a.h0 + b * P;
+      std::memcpy(a.h_prev + n * P, hp, sizeof(S) * P);
+      const S* ws = a.ws + n * cols;
+      const S* gy = a.grad_y + n * P;
+      S* dhr = dh + r * P;
+      S* dg = a.dg + n * dgc;
+      for_each_vector<S>(H, [&](int64_t j, int64_t cnt) {
+        auto ld = [&](const S* q) { return V::loadu(q + j, cnt); };
+        auto st = [&](const V& v, S* q) { v.store(q + j, cnt); };
+        const V dh_t = project ? ld(dh_cell.data() + r * H) : ld(gy) + ld(dhr);
+        if constexpr (M == Mode::LSTM) {
+          const S* cp = p >= 0 ? a.ws + p * cols + ws_col::kLstmC * H : a.c0 + b * H;
+          S* dc = a.dc + b * H;
+          const V o = ld(ws + ws_col::kLstmO * H), c = ld(ws + ws_col::kLstmC * H);
+          const auto g = lstm_backward(dh_t, ld(dc), ld(ws + ws_col::kLstmI * H),
+                                       ld(ws + ws_col::kLstmF * H), ld(ws + ws_col::kLstmG * H),
+                                       o, c, ld(cp));
+          st(g.i, dg);
+          st(g.f, dg + H);
+          st(g.g, dg + 2 * H);
+          st(g.o, dg + 3 * H);
+          st(g.c_prev, dc);
+          if (project) st(lstm_cell_output(o, c), a.h_cell + n * H);
+        } else if constexpr (M == Mode::GRU) {
+          const auto g = gru_backward(dh_t, ld(ws + ws_col::kGruR * H), ld(ws + ws_col::kGruZ * H),
+                                      ld(ws + ws_col::kGruN * H), ld(ws + ws_col::kGruHn * H),
+                                      ld(hp));
+          st(g.r, dg);
+          st(g.z, dg + H);
+          st(g.x_n, dg + 2 * H);
+          st(g.h_n, dg + 3 * H);
+          st(g.h_prev, dhr);
+        } else {
+          constexpr RnnAct A = M == Mode::RNN_TANH ? RnnAct::Tanh : RnnAct::Relu;
+          st(rnn_backward<A>(dh_t, ld(a.y + n * P)), dg);
+        }
+      });
+    }
+
+    const S* dg0 = a.dg + n0 * dgc;
+    if constexpr (M == Mode::GRU) {
+      // Hidden side of GRU is [d r | d z | d h_n]: columns 0..2H and 3H..4H of dg.
+      small_gemm<S>(live, dg0, dgc, a.whh, 0, 2 * H, dh, P, /*accumulate=*/true);
+      small_gemm<S>(live, dg0 + 3 * H, dgc, a.whh, 2 * H, H, dh, P, true);
+    } else {
+      small_gemm<S>(live, dg0, dgc, a.whh, 0, GH, dh, P, /*accumulate=*/false);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename S>
+void backward_loop(const LayerDims& d, const BackwardArgs<S>& a) {
+  const Steps steps(d);
+  for_each_tile(d, [&](auto mode, int64_t b0, int64_t b1) {
+    backward_tile<S, decltype(mode)::value>(d, steps, a, b0, b1);
+  });
+}
+
+template void backward_loop<float>(const LayerDims&, const BackwardArgs<float>&);
+template void backward_loop<double>(const LayerDims&, const BackwardArgs<double>&);
+
+}  // namespace fastrnn::cpu

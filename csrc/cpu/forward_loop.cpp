@@ -1,0 +1,111 @@
+// Forward time loop (contract: fastrnn/cpu/recurrence.h).
+//
+// Per step and batch tile: one small GEMM gh = h @ W_hh^T over the tile's live
+// rows, then one vectorized pass that adds the precomputed input projection,
+// applies the gate math of fastrnn/gates.h, updates the state in place and
+// writes y and the workspace. With a projection, a second small GEMM maps the
+// cell outputs through W_hr into y and h. Scratch is allocated once per call.
+#include <cstring>
+#include <vector>
+
+#include "fastrnn/cpu/recurrence.h"
+#include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/steps.h"
+#include "fastrnn/cpu/vec_math.h"
+#include "fastrnn/gates.h"
+
+namespace fastrnn::cpu {
+namespace {
+
+using at::vec::Vectorized;
+namespace ws_col = workspace;
+
+template <typename S, Mode M>
+void forward_tile(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& a, int64_t b0,
+                  int64_t b1) {
+  using V = Vectorized<S>;
+  const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
+  const bool project = a.whr_t.data != nullptr;
+  std::vector<S> gh((b1 - b0) * GH);
+  std::vector<S> h_cell(project ? (b1 - b0) * H : 0);
+
+  for (int64_t s = 0; s < d.T; ++s) {
+    const int64_t t = steps.step(s);
+    const int64_t live = steps.live(t, b0, b1);
+    if (live <= 0) continue;
+    const int64_t n0 = steps.row(t, b0);
+    S* h = a.h + b0 * P;
+    small_gemm<S>(live, h, P, a.whh_t, 0, P, gh.data(), GH, /*accumulate=*/false);
+
+    for (int64_t r = 0; r < live; ++r) {
+      const S* gx = a.gx + (n0 + r) * GH;
+      const S* g = gh.data() + r * GH;
+      S* hr = h + r * P;
+      S* yr = a.y + (n0 + r) * P;
+      S* ws = a.ws ? a.ws + (n0 + r) * cols : nullptr;
+      for_each_vector<S>(H, [&](int64_t j, int64_t n) {
+        auto ld = [&](const S* p) { return V::loadu(p + j, n); };
+        auto st = [&](const V& v, S* p) { v.store(p + j, n); };
+        if constexpr (M == Mode::LSTM) {
+          S* cr = a.c + (b0 + r) * H;
+          const auto o = lstm_forward(ld(gx) + ld(g), ld(gx + H) + ld(g + H),
+                                      ld(gx + 2 * H) + ld(g + 2 * H),
+                                      ld(gx + 3 * H) + ld(g + 3 * H), ld(cr));
+          st(o.c, cr);
+          if (ws) {
+            st(o.i, ws + ws_col::kLstmI * H);
+            st(o.f, ws + ws_col::kLstmF * H);
+            st(o.g, ws + ws_col::kLstmG * H);
+            st(o.o, ws + ws_col::kLstmO * H);
+            st(o.c, ws + ws_col::kLstmC * H);
+          }
+          if (project) {
+            st(o.h, h_cell.data() + r * H);
+          } else {
+            st(o.h, yr);
+            st(o.h, hr);
+          }
+        } else if constexpr (M == Mode::GRU) {
+          V hn = ld(g + 2 * H);
+          if (a.b_hn) hn = hn + ld(a.b_hn);
+          const auto o = gru_forward(ld(gx), ld(gx + H), ld(gx + 2 * H), ld(g), ld(g + H), hn,
+                                     ld(hr));
+          st(o.h, hr);
+          st(o.h, yr);
+          if (ws) {
+            st(o.r, ws + ws_col::kGruR * H);
+            st(o.z, ws + ws_col::kGruZ * H);
+            st(o.n, ws + ws_col::kGruN * H);
+            st(hn, ws + ws_col::kGruHn * H);
+          }
+        } else {
+          constexpr RnnAct A = M == Mode::RNN_TANH ? RnnAct::Tanh : RnnAct::Relu;
+          const V out = rnn_forward<A>(ld(gx) + ld(g));
+          st(out, hr);
+          st(out, yr);
+        }
+      });
+    }
+
+    if (project) {
+      S* y = a.y + n0 * P;
+      small_gemm<S>(live, h_cell.data(), H, a.whr_t, 0, H, y, P, /*accumulate=*/false);
+      std::memcpy(h, y, sizeof(S) * live * P);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename S>
+void forward_loop(const LayerDims& d, const ForwardArgs<S>& a) {
+  const Steps steps(d);
+  for_each_tile(d, [&](auto mode, int64_t b0, int64_t b1) {
+    forward_tile<S, decltype(mode)::value>(d, steps, a, b0, b1);
+  });
+}
+
+template void forward_loop<float>(const LayerDims&, const ForwardArgs<float>&);
+template void forward_loop<double>(const LayerDims&, const ForwardArgs<double>&);
+
+}  // namespace fastrnn::cpu

@@ -1,0 +1,264 @@
+// CPU kernels of fastrnn::layer_fwd / layer_bwd (schemas: csrc/ops.cpp).
+//
+// Thin torch layer around the framework-free loops of fastrnn/cpu/recurrence.h:
+// validates every argument before touching memory, converts bfloat16 to fp32
+// (all state math and accumulation run in fp32; weights are converted once per
+// call), packs the recurrent weights, and runs the large one-off GEMMs around
+// the time loop: the input projection of all N rows before it, and
+// dx = dG @ W_ih, dW_ih = dG^T X, dW_hh = dG^T H_prev, dW_hr = dY^T H_cell after.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "fastrnn/cpu/recurrence.h"
+#include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/workspace.h"
+
+namespace fastrnn::cpu {
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+// Sizes of a validated call; see fastrnn/backends/base.py for the shapes.
+struct Layer {
+  Mode mode;
+  int64_t G, H, P, I, B, T, N;
+  bool bias, project;
+};
+
+void check_tensor(const Tensor& t, const char* name, const Tensor& x) {
+  TORCH_CHECK(t.device().is_cpu(), "fastrnn: ", name, " must be on the CPU, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastrnn: ", name, " has dtype ",
+              t.scalar_type(), " but x has ", x.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), "fastrnn: ", name, " must be contiguous");
+}
+
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.sizes() == shape, "fastrnn: ", name, " must have shape ", shape, ", got ",
+              t.sizes());
+}
+
+Layer check_layer(const std::string& mode_name, const Tensor& x, const Tensor& batch_sizes,
+                  const Tensor& h0, const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                  const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+  Layer L{};
+  TORCH_CHECK(parse_mode(mode_name.c_str(), &L.mode), "fastrnn: unknown mode '", mode_name,
+              "', expected LSTM, GRU, RNN_TANH or RNN_RELU");
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "fastrnn CPU kernels support float32, float64 and bfloat16, got ", dtype);
+  TORCH_CHECK(x.dim() == 2, "fastrnn: x must be 2-D (N, input_size), got ", x.sizes());
+  check_tensor(x, "x", x);
+  check_tensor(w_ih, "w_ih", x);
+  check_tensor(w_hh, "w_hh", x);
+  check_tensor(h0, "h0", x);
+
+  TORCH_CHECK(batch_sizes.device().is_cpu() && batch_sizes.scalar_type() == at::kLong &&
+                  batch_sizes.dim() == 1 && batch_sizes.is_contiguous(),
+              "fastrnn: batch_sizes must be a contiguous 1-D int64 CPU tensor");
+  L.T = batch_sizes.numel();
+  TORCH_CHECK(L.T > 0, "fastrnn: batch_sizes must not be empty");
+  const int64_t* bs = batch_sizes.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t t = 0; t < L.T; ++t) {
+    TORCH_CHECK(bs[t] >= 0 && (t == 0 || bs[t] <= bs[t - 1]),
+                "fastrnn: batch_sizes must be non-negative and non-increasing");
+    total += bs[t];
+  }
+  L.B = bs[0];
+  L.N = x.size(0);
+  L.I = x.size(1);
+  TORCH_CHECK(total == L.N, "fastrnn: sum(batch_sizes) = ", total, " but x has ", L.N, " rows");
+
+  L.G = gates(L.mode);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % L.G == 0 && w_ih.size(0) > 0,
+              "fastrnn: w_ih must be (gates * hidden_size, input_size), got ", w_ih.sizes());
+  L.H = w_ih.size(0) / L.G;
+  L.project = w_hr.has_value();
+  if (L.project) {
+    TORCH_CHECK(L.mode == Mode::LSTM, "fastrnn: w_hr (projection) is only valid for LSTM");
+    check_tensor(*w_hr, "w_hr", x);
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(0) > 0,
+                "fastrnn: w_hr must be (proj_size, hidden_size), got ", w_hr->sizes());
+    L.P = w_hr->size(0);
+    check_shape(*w_hr, "w_hr", {L.P, L.H});
+  } else {
+    L.P = L.H;
+  }
+  check_shape(w_ih, "w_ih", {L.G * L.H, L.I});
+  check_shape(w_hh, "w_hh", {L.G * L.H, L.P});
+  check_shape(h0, "h0", {L.B, L.P});
+
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(),
+              "fastrnn: pass both b_ih and b_hh or neither");
+  L.bias = b_ih.has_value();
+  if (L.bias) {
+    check_tensor(*b_ih, "b_ih", x);
+    check_tensor(*b_hh, "b_hh", x);
+    check_shape(*b_ih, "b_ih", {L.G * L.H});
+    check_shape(*b_hh, "b_hh", {L.G * L.H});
+  }
+  if (L.mode == Mode::LSTM) {
+    TORCH_CHECK(c0.has_value(), "fastrnn: LSTM needs c0");
+    check_tensor(*c0, "c0", x);
+    check_shape(*c0, "c0", {L.B, L.H});
+  } else {
+    TORCH_CHECK(!c0.has_value(), "fastrnn: c0 is only valid for LSTM");
+  }
+  return L;
+}
+
+at::ScalarType compute_type(const Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 ? at::kFloat : x.scalar_type();
+}
+
+// t in the compute dtype (a no-op unless t is bfloat16).
+Tensor in_compute(const Tensor& t, at::ScalarType ct) {
+  return t.scalar_type() == ct ? t : t.to(ct);
+}
+
+// A fresh, writable state buffer holding t in the compute dtype.
+Tensor state_copy(const Tensor& t, at::ScalarType ct) {
+  return at::empty(t.sizes(), t.options().dtype(ct)).copy_(t);
+}
+
+// B (K, n) packed for small_gemm; `storage` keeps the memory alive.
+template <typename S>
+Packed<S> packed(const Tensor& src, int64_t K, int64_t n, bool transpose, Tensor& storage) {
+  storage = at::empty({packed_size<S>(K, n)}, src.options());
+  pack_rhs<S>(src.data_ptr<S>(), K, n, transpose, storage.data_ptr<S>());
+  return Packed<S>{storage.data_ptr<S>(), K, n};
+}
+
+LayerDims dims_of(const Layer& L, const Tensor& batch_sizes, bool reverse) {
+  return LayerDims{L.mode, L.T, L.B, L.N, L.H, L.P, batch_sizes.data_ptr<int64_t>(), reverse};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
+    const std::string& mode, const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+    const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+    const OptTensor& b_hh, const OptTensor& w_hr, bool reverse, bool save) {
+  const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const auto ct = compute_type(x);
+  const int64_t GH = L.G * L.H;
+  const Tensor xc = in_compute(x, ct), wih = in_compute(w_ih, ct), whh = in_compute(w_hh, ct);
+
+  // Input projection of every token in one GEMM. b_hh is folded in too, except
+  // GRU's b_hn, which the reset gate multiplies and so stays in the loop.
+  Tensor gx, b_hn;
+  if (L.bias) {
+    const int64_t folded = L.mode == Mode::GRU ? 2 * L.H : GH;
+    const Tensor bhh = in_compute(*b_hh, ct);
+    Tensor bias = in_compute(*b_ih, ct).clone();
+    bias.narrow(0, 0, folded).add_(bhh.narrow(0, 0, folded));
+    if (L.mode == Mode::GRU) b_hn = bhh.narrow(0, folded, L.H).contiguous();
+    gx = at::addmm(bias, xc, wih.t());
+  } else {
+    gx = at::mm(xc, wih.t());
+  }
+
+  Tensor h = state_copy(h0, ct);
+  Tensor c = L.mode == Mode::LSTM ? state_copy(*c0, ct) : Tensor();
+  Tensor y = at::empty({L.N, L.P}, xc.options());
+  Tensor ws = at::empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, xc.options());
+
+  AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_fwd", [&] {
+    Tensor whh_storage, whr_storage;
+    ForwardArgs<scalar_t> args{
+        gx.data_ptr<scalar_t>(),
+        packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
+        b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr,
+        L.project ? packed<scalar_t>(in_compute(*w_hr, ct), L.H, L.P, true, whr_storage)
+                  : Packed<scalar_t>{nullptr, 0, 0},
+        h.data_ptr<scalar_t>(),
+        c.defined() ? c.data_ptr<scalar_t>() : nullptr,
+        y.data_ptr<scalar_t>(),
+        save ? ws.data_ptr<scalar_t>() : nullptr};
+    forward_loop<scalar_t>(dims_of(L, batch_sizes, reverse), args);
+  });
+
+  const auto out = x.scalar_type();
+  Tensor c_n = c.defined() ? c.to(out) : at::empty({0}, x.options());
+  return {y.to(out), h.to(out), c_n, ws};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_bwd(
+    const std::string& mode, const Tensor& grad_y, const Tensor& grad_h_n,
+    const Tensor& grad_c_n, const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
+    const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+    const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& y, const Tensor& workspace,
+    bool reverse) {
+  const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  const auto ct = compute_type(x);
+  const int64_t GH = L.G * L.H, H = L.H;
+  check_tensor(grad_y, "grad_y", x);
+  check_shape(grad_y, "grad_y", {L.N, L.P});
+  check_tensor(grad_h_n, "grad_h_n", x);
+  check_shape(grad_h_n, "grad_h_n", {L.B, L.P});
+  check_tensor(y, "y", x);
+  check_shape(y, "y", {L.N, L.P});
+  if (L.mode == Mode::LSTM) {
+    check_tensor(grad_c_n, "grad_c_n", x);
+    check_shape(grad_c_n, "grad_c_n", {L.B, L.H});
+  } else {
+    TORCH_CHECK(grad_c_n.numel() == 0, "fastrnn: grad_c_n must be empty for ", mode);
+  }
+  TORCH_CHECK(workspace.device().is_cpu() && workspace.scalar_type() == ct &&
+                  workspace.is_contiguous(),
+              "fastrnn: workspace must be a contiguous ", ct, " CPU tensor");
+  TORCH_CHECK(workspace.sizes() == at::IntArrayRef({L.N, workspace::columns(L.mode, H)}),
+              "fastrnn: workspace has shape ", workspace.sizes(),
+              "; run layer_fwd with save=True before layer_bwd");
+
+  const Tensor xc = in_compute(x, ct), wih = in_compute(w_ih, ct), whh = in_compute(w_hh, ct);
+  const Tensor gy = in_compute(grad_y, ct), yc = in_compute(y, ct), h0c = in_compute(h0, ct);
+  const Tensor c0c = L.mode == Mode::LSTM ? in_compute(*c0, ct) : Tensor();
+  const auto opts = xc.options();
+  Tensor dh = state_copy(grad_h_n, ct);
+  Tensor dc = L.mode == Mode::LSTM ? state_copy(grad_c_n, ct) : Tensor();
+  Tensor dg = at::empty({L.N, dgate_columns(L.mode, H)}, opts);
+  Tensor h_prev = at::empty({L.N, L.P}, opts);
+  Tensor dy_total = L.project ? at::empty({L.N, L.P}, opts) : Tensor();
+  Tensor h_cell = L.project ? at::empty({L.N, H}, opts) : Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
+    Tensor whh_storage, whr_storage;
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    BackwardArgs<scalar_t> args{
+        ptr(gy), ptr(yc), ptr(h0c), ptr(c0c), ptr(workspace),
+        packed<scalar_t>(whh, GH, L.P, /*transpose=*/false, whh_storage),
+        L.project ? packed<scalar_t>(in_compute(*w_hr, ct), L.P, H, false, whr_storage)
+                  : Packed<scalar_t>{nullptr, 0, 0},
+        ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell)};
+    backward_loop<scalar_t>(dims_of(L, batch_sizes, reverse), args);
+  });
+
+  // Weight gradients as large GEMMs over all tokens. GRU's hidden side differs
+  // from its input side in the n gate (dg = [d r | d z | d x_n | d h_n]).
+  const Tensor dg_x = dg.narrow(1, 0, GH);
+  const Tensor dg_h =
+      L.mode == Mode::GRU ? at::cat({dg.narrow(1, 0, 2 * H), dg.narrow(1, 3 * H, H)}, 1) : dg_x;
+  const auto out = x.scalar_type();
+  auto none = [&] { return at::empty({0}, x.options()); };  // distinct: outputs must not alias
+  return {at::mm(dg_x, wih).to(out),
+          dh.to(out),
+          dc.defined() ? dc.to(out) : none(),
+          at::mm(dg_x.t(), xc).to(out),
+          at::mm(dg_h.t(), h_prev).to(out),
+          L.bias ? dg_x.sum(0).to(out) : none(),
+          L.bias ? dg_h.sum(0).to(out) : none(),
+          L.project ? at::mm(dy_total.t(), h_cell).to(out) : none()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
+  m.impl("layer_fwd", &layer_fwd);
+  m.impl("layer_bwd", &layer_bwd);
+}
+
+}  // namespace fastrnn::cpu

@@ -1,0 +1,123 @@
+// Register-blocked small GEMM (interface and contract: fastrnn/cpu/small_gemm.h).
+//
+// A block of R rows x NB vectors of C lives in R*NB SIMD registers for the
+// whole reduction; each k loads NB vectors of the packed right operand once and
+// reuses them for all R rows (one broadcast of A[r, k] each). R*NB <= 16
+// leaves registers for the loads on AVX-512 (32 registers) and still gives
+// enough independent FMA chains to hide the FMA latency.
+#include "fastrnn/cpu/small_gemm.h"
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+namespace fastrnn::cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int kMaxRows = 8;
+
+// C[0:R, 0:n_valid] (+)= A[0:R, 0:K] @ (NB panels at Bp); Bp points at row k0
+// of the block's first panel, panels are panel_stride elements apart, C at the
+// block's first column, n_valid <= NB*VL.
+template <typename S, int R, int NB>
+void block(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t panel_stride, S* C,
+           int64_t ldc, int64_t n_valid, bool accumulate) {
+  using V = Vectorized<S>;
+  constexpr int64_t VL = V::size();
+  V acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NB; ++v) acc[r][v] = V(S(0));
+  for (int64_t k = 0; k < K; ++k) {
+    V b[NB];
+    for (int v = 0; v < NB; ++v) b[v] = V::loadu(Bp + v * panel_stride + k * VL);
+    for (int r = 0; r < R; ++r) {
+      const V a(A[r * lda + k]);
+      for (int v = 0; v < NB; ++v) acc[r][v] = at::vec::fmadd(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NB; ++v) {
+      const int64_t count = std::min<int64_t>(VL, n_valid - v * VL);
+      if (count <= 0) break;
+      S* c = C + r * ldc + v * VL;
+      V out = acc[r][v];
+      if (accumulate) out = out + V::loadu(c, count);
+      out.store(c, count);
+    }
+  }
+}
+
+// All columns for R rows: wide blocks first, then single panels.
+template <typename S, int R>
+void row_block(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K, S* C,
+               int64_t ldc, bool accumulate) {
+  constexpr int NB = R <= 2 ? 8 : R <= 4 ? 4 : 2;
+  constexpr int64_t VL = Vectorized<S>::size();
+  const int64_t panels = (B.n + VL - 1) / VL, stride = B.K * VL;
+  const S* base = B.data + k0 * VL;
+  int64_t p = 0;
+  for (; p + NB <= panels; p += NB)
+    block<S, R, NB>(K, A, lda, base + p * stride, stride, C + p * VL, ldc,
+                    std::min<int64_t>(NB * VL, B.n - p * VL), accumulate);
+  for (; p < panels; ++p)
+    block<S, R, 1>(K, A, lda, base + p * stride, stride, C + p * VL, ldc,
+                   std::min<int64_t>(VL, B.n - p * VL), accumulate);
+}
+
+}  // namespace
+
+template <typename S>
+int64_t packed_size(int64_t K, int64_t n) {
+  constexpr int64_t VL = Vectorized<S>::size();
+  return (n + VL - 1) / VL * VL * K;
+}
+
+template <typename S>
+void pack_rhs(const S* src, int64_t K, int64_t n, bool transpose, S* dst) {
+  constexpr int64_t VL = Vectorized<S>::size();
+  std::fill(dst, dst + packed_size<S>(K, n), S(0));
+  for (int64_t j0 = 0; j0 < n; j0 += VL) {
+    const int64_t width = std::min(VL, n - j0);
+    S* panel = dst + j0 * K;  // panel j0 / VL starts at (j0 / VL) * K * VL
+    if (transpose) {
+      // ATen's in-register 16x16 transpose for float; a scalar gather was
+      // 10-15 % of a B=1 forward.
+      at::vec::transpose_mxn<S>(src + j0 * K, K, panel, VL, static_cast<int>(width),
+                                static_cast<int>(K));
+    } else {
+      for (int64_t k = 0; k < K; ++k) std::copy(src + k * n + j0, src + k * n + j0 + width, panel + k * VL);
+    }
+  }
+}
+
+template <typename S>
+void small_gemm(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K,
+                S* C, int64_t ldc, bool accumulate) {
+  for (int64_t r = 0; r < rows; r += kMaxRows) {
+    const S* a = A + r * lda;
+    S* c = C + r * ldc;
+    switch (std::min<int64_t>(kMaxRows, rows - r)) {
+      case 1: row_block<S, 1>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 2: row_block<S, 2>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 3: row_block<S, 3>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 4: row_block<S, 4>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 5: row_block<S, 5>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 6: row_block<S, 6>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 7: row_block<S, 7>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      default: row_block<S, 8>(a, lda, B, k0, K, c, ldc, accumulate); break;
+    }
+  }
+}
+
+#define FASTRNN_INSTANTIATE(S)                                                                 \
+  template int64_t packed_size<S>(int64_t, int64_t);                                           \
+  template void pack_rhs<S>(const S*, int64_t, int64_t, bool, S*);                             \
+  template void small_gemm<S>(int64_t, const S*, int64_t, const Packed<S>&, int64_t, int64_t, \
+                              S*, int64_t, bool);
+FASTRNN_INSTANTIATE(float)
+FASTRNN_INSTANTIATE(double)
+#undef FASTRNN_INSTANTIATE
+
+}  // namespace fastrnn::cpu

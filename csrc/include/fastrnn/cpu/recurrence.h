@@ -1,0 +1,72 @@
+// The time loops of one recurrent layer in one direction on the CPU.
+//
+// Framework-free core: raw row-major contiguous arrays, no tensors. The caller
+// (csrc/cpu/layer_ops.cpp) does the one-off large GEMMs around the loops (the
+// input projection before, the weight gradients after) and owns all buffers.
+//
+// Notation: G = gates(mode), H = hidden size, P = output size (proj_size or H),
+// N = sum(batch_sizes), B = batch_sizes[0]. At step t only rows [0, bs[t]) are
+// live; the packed rows of step t are [offset[t], offset[t] + bs[t]).
+//
+// Threading: the batch is cut into one contiguous tile per thread
+// (at::parallel_for); each thread runs the whole time loop on its tile, so no
+// step needs a barrier and each thread re-reads the recurrent weights from its
+// own cache every step.
+#pragma once
+
+#include <stdint.h>
+
+#include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/workspace.h"
+
+namespace fastrnn::cpu {
+
+struct LayerDims {
+  Mode mode;
+  int64_t T, B, N, H, P;
+  const int64_t* batch_sizes;  // (T,) non-increasing, batch_sizes[0] == B
+  bool reverse;                // process t = T-1 .. 0
+};
+
+template <typename S>
+struct ForwardArgs {
+  const S* gx;       // (N, G*H)  x @ W_ih^T + b_ih, plus b_hh for every gate but GRU's n
+  Packed<S> whh_t;  // W_hh^T (P, G*H): pack_rhs(w_hh, P, G*H, /*transpose=*/true)
+  const S* b_hn;     // (H,) GRU's b_hn (added inside r * (.)), or null
+  Packed<S> whr_t;  // W_hr^T (H, P) when projecting, else data = null
+  S* h;             // (B, P) in: h0, out: h_n
+  S* c;             // (B, H) in: c0, out: c_n; LSTM only, else null
+  S* y;             // (N, P) out: h of every token
+  S* ws;            // (N, workspace::columns(mode, H)) out, or null (inference)
+};
+
+template <typename S>
+void forward_loop(const LayerDims& dims, const ForwardArgs<S>& args);
+
+// Columns of the pre-activation gradient buffer: G*H, except GRU, whose input
+// and hidden sides differ in the n gate: [d r | d z | d x_n | d h_n] (4H).
+inline int64_t dgate_columns(Mode mode, int64_t H) {
+  return mode == Mode::GRU ? 4 * H : gates(mode) * H;
+}
+
+template <typename S>
+struct BackwardArgs {
+  const S* grad_y;  // (N, P)
+  const S* y;       // (N, P) forward output
+  const S* h0;      // (B, P)
+  const S* c0;      // (B, H) LSTM, else null
+  const S* ws;      // (N, workspace::columns(mode, H)) from forward_loop
+  Packed<S> whh;    // W_hh (G*H, P): pack_rhs(w_hh, G*H, P, /*transpose=*/false)
+  Packed<S> whr;    // W_hr (P, H) when projecting, else data = null
+  S* dh;            // (B, P) in: dL/dh_n, out: dL/dh0
+  S* dc;            // (B, H) in: dL/dc_n, out: dL/dc0; LSTM only, else null
+  S* dg;            // (N, dgate_columns) out: dL/d pre-activations
+  S* h_prev;        // (N, P) out: the h each token's step read (for dW_hh)
+  S* dy_total;      // (N, P) out when projecting: dL/dy including the recurrent part
+  S* h_cell;        // (N, H) out when projecting: o * tanh(c), the input of W_hr
+};
+
+template <typename S>
+void backward_loop(const LayerDims& dims, const BackwardArgs<S>& args);
+
+}  // namespace fastrnn::cpu

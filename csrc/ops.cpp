@@ -1,0 +1,31 @@
+// The schemas of fastrnn's native ops, declared once for every device.
+// fastrnn/_ops.py registers their fake (meta) kernels and autograd formula;
+// csrc/cpu/ and csrc/cuda/ register the device kernels.
+//
+// layer_fwd runs one recurrent layer in one direction over packed rows
+// (shapes: fastrnn/backends/base.py). save=true fills `workspace` for
+// layer_bwd (layout: csrc/include/fastrnn/workspace.h); save=false returns it
+// with zero rows. Outputs that do not apply to a mode (c_n, dc0, db_* without
+// bias, dw_hr without projection) are empty tensors.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import fastrnn._C` only needs to load this library (which runs the
+// registrations below); the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(fastrnn, m) {
+  m.def(
+      "layer_fwd(str mode, Tensor x, Tensor batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, bool save) "
+      "-> (Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def(
+      "layer_bwd(str mode, Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, "
+      "Tensor batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor y, Tensor workspace, bool reverse) "
+      "-> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+      "Tensor db_hh, Tensor dw_hr)");
+}

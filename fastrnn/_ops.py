@@ -1,0 +1,112 @@
+"""Python side of the native ops fastrnn::layer_fwd / layer_bwd (csrc/ops.cpp).
+
+Importing this module loads fastrnn._C (which registers the schemas and the
+device kernels) and adds what torch needs above the kernels:
+  * fake kernels, so torch.compile / FakeTensor can trace the ops;
+  * the autograd formula of layer_fwd, which calls layer_bwd.
+`layer` is the one-layer entry point shared by the cpu and cuda backends.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+import fastrnn._C  # noqa: F401  (registers torch.ops.fastrnn.*)
+
+from .backends.base import GATES, LayerSpec, LayerWeights
+
+# Columns per token of the saved workspace, in units of hidden_size; mirrors
+# workspace::columns() in csrc/include/fastrnn/workspace.h.
+WORKSPACE_BLOCKS = {"LSTM": 5, "GRU": 4, "RNN_TANH": 0, "RNN_RELU": 0}
+
+
+def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Reduced-precision inputs keep their saved states in fp32 (workspace.h)."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+@torch.library.register_fake("fastrnn::layer_fwd")
+def _layer_fwd_fake(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save):
+    n = x.shape[0]
+    hidden = w_hh.shape[0] // GATES[mode]
+    y = x.new_empty((n, h0.shape[1]))
+    h_n = h0.new_empty(h0.shape)
+    c_n = c0.new_empty(c0.shape) if mode == "LSTM" else x.new_empty((0,))
+    workspace = x.new_empty(
+        (n if save else 0, WORKSPACE_BLOCKS[mode] * hidden), dtype=workspace_dtype(x.dtype)
+    )
+    return y, h_n, c_n, workspace
+
+
+@torch.library.register_fake("fastrnn::layer_bwd")
+def _layer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
+                    b_ih, b_hh, w_hr, y, workspace, reverse):
+    def like(t: Optional[Tensor]) -> Tensor:
+        return x.new_empty((0,)) if t is None else t.new_empty(t.shape)
+
+    return (like(x), like(h0), like(c0), like(w_ih), like(w_hh), like(b_ih), like(b_hh),
+            like(w_hr))
+
+
+def _setup_context(ctx, inputs, output):
+    mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save = inputs
+    y, _, _, workspace = output
+    ctx.mode, ctx.reverse, ctx.save = mode, reverse, save
+    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace)
+
+
+def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
+    # Incoming grads may be None, expanded (stride 0, e.g. from .sum()) or
+    # otherwise strided; the kernel wants dense tensors.
+    return torch.zeros_like(like) if g is None else g.contiguous()
+
+
+def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
+    if not ctx.save:
+        raise RuntimeError(
+            "fastrnn::layer_fwd ran with save=False (inference) and cannot be differentiated"
+        )
+    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace = ctx.saved_tensors
+    grad_c = x.new_empty((0,)) if ctx.mode != "LSTM" else _grad(grad_c_n, c0)
+    grads = torch.ops.fastrnn.layer_bwd(
+        ctx.mode, _grad(grad_y, y), _grad(grad_h_n, h0), grad_c, x, batch_sizes, h0, c0,
+        w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, ctx.reverse,
+    )
+    # Outputs that do not apply (the op returns them empty) belong to inputs
+    # that were None; matching on the input, not on numel, keeps genuinely
+    # empty gradients (e.g. input_size 0) intact.
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = (
+        None if given is None else g
+        for g, given in zip(grads, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    )
+    return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
+
+
+torch.library.register_autograd(
+    "fastrnn::layer_fwd", _backward, setup_context=_setup_context
+)
+
+
+def layer(
+    spec: LayerSpec,
+    x: Tensor,
+    batch_sizes: Tensor,
+    h0: Tensor,
+    c0: Optional[Tensor],
+    weights: LayerWeights,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """One layer, one direction through the native op (contract: backends/base.py)."""
+    tensors = (x, h0, c0, *weights)
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+    def dense(t: Optional[Tensor]) -> Optional[Tensor]:
+        return None if t is None else t.contiguous()
+
+    y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd(
+        spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), dense(c0),
+        *(dense(w) for w in weights), reverse, save,
+    )
+    return y, h_n, (c_n if spec.mode == "LSTM" else None)

@@ -1,0 +1,391 @@
+"""The native CPU kernels (fastrnn::layer_fwd / layer_bwd) at the op level.
+
+Differential against the pure-PyTorch oracle (backends/reference.py) for
+outputs, final states and every gradient; gradcheck in float64; opcheck for
+both ops; NaN-poisoned output buffers; bad inputs; torch.compile.
+"""
+import pytest
+import torch
+
+from fastrnn.backends import get
+from fastrnn.backends.base import GATES, LayerSpec, LayerWeights
+from fastrnn.backends.reference import run_layer
+
+_ops = pytest.importorskip("fastrnn._ops", reason="fastrnn._C is not built")
+
+PACKED = [5, 5, 4, 2, 2, 1]  # shrinking batch (packed sequence)
+PADDED = [3] * 4  # batch_sizes of a padded batch
+CONFIGS = [  # (mode, proj_size)
+    ("LSTM", 0),
+    ("LSTM", 3),
+    ("GRU", 0),
+    ("RNN_TANH", 0),
+    ("RNN_RELU", 0),
+]
+
+
+def make_case(mode, proj=0, bias=True, sizes=PACKED, input_size=7, hidden=5, dtype=torch.float64,
+              seed=0):
+    """Fresh random inputs in float64, rounded to `dtype`'s precision (so an oracle in
+    float64 sees exactly the values the kernel sees), returned in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    gates, out = GATES[mode], proj or hidden
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.4).to(dtype).double()
+
+    batch = sizes[0]
+    weights = LayerWeights(
+        rand(gates * hidden, input_size),
+        rand(gates * hidden, out),
+        rand(gates * hidden) if bias else None,
+        rand(gates * hidden) if bias else None,
+        rand(out, hidden) if proj else None,
+    )
+    spec = LayerSpec(mode, input_size, hidden, proj, bias)
+    x = rand(sum(sizes), input_size)
+    h0 = rand(batch, out)
+    c0 = rand(batch, hidden) if mode == "LSTM" else None
+    return spec, x, torch.tensor(sizes), h0, c0, weights
+
+
+def leaves(x, h0, c0, weights, dtype):
+    """The inputs as fresh leaves of `dtype` requiring grad; None stays None."""
+    def leaf(t):
+        return None if t is None else t.detach().to(dtype).requires_grad_()
+
+    return leaf(x), leaf(h0), leaf(c0), LayerWeights(*(leaf(w) for w in weights))
+
+
+def outputs_and_grads(fn, spec, x, sizes, h0, c0, weights, reverse, dtype, seed=1):
+    x, h0, c0, weights = leaves(x, h0, c0, weights, dtype)
+    outs = [o for o in fn(spec, x, sizes, h0, c0, weights, reverse) if o is not None]
+    gen = torch.Generator().manual_seed(seed)
+    cotangents = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(dtype) for o in outs]
+    inputs = [t for t in (x, h0, c0, *weights) if t is not None]
+    grads = torch.autograd.grad(outs, inputs, cotangents)
+    return [o.detach().double() for o in outs], [g.double() for g in grads]
+
+
+TOLERANCE = {  # (atol, rtol)
+    torch.float64: (1e-12, 1e-10),
+    torch.float32: (2e-5, 1e-4),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("sizes", [PACKED, PADDED], ids=["packed", "padded"])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_matches_reference(mode, proj, sizes, reverse, dtype):
+    case = make_case(mode, proj, sizes=sizes, hidden=21, input_size=19, dtype=dtype)
+    want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
+    got_out, got_grad = outputs_and_grads(_ops.layer, *case, reverse, dtype)
+    atol, rtol = TOLERANCE[dtype]
+    for got, want in zip(got_out + got_grad, want_out + want_grad):
+        torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
+
+
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_no_bias_and_two_threads(mode, proj):
+    """bias=False, and a 2-thread run (batch split into tiles) equals the oracle."""
+    case = make_case(mode, proj, bias=False, sizes=[9, 9, 7, 3, 3, 1], hidden=34)
+    want_out, want_grad = outputs_and_grads(run_layer, *case, False, torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got_out, got_grad = outputs_and_grads(_ops.layer, *case, False, torch.float64)
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(got_out + got_grad, want_out + want_grad):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+GRADCHECK = [  # (mode, proj, bias, sizes, reverse)
+    *((m, p, True, [2, 2, 1], False) for m, p in CONFIGS),
+    ("LSTM", 2, False, [3, 1, 1], True),
+    ("GRU", 0, False, [2, 2, 2], True),
+    ("RNN_TANH", 0, True, [3, 2, 1], True),
+]
+
+
+@pytest.mark.parametrize("mode,proj,bias,sizes,reverse", GRADCHECK)
+def test_gradcheck(mode, proj, bias, sizes, reverse):
+    spec, x, bs, h0, c0, weights = make_case(mode, proj, bias, sizes, input_size=3, hidden=4)
+    if mode == "RNN_RELU":  # keep pre-activations away from relu's kink
+        x = x + 1.0
+    x, h0, c0, weights = leaves(x, h0, c0, weights, torch.float64)
+    given = [t is not None for t in (c0, *weights)]
+
+    def fn(x, h0, *rest):
+        it = iter(rest)
+        c0, *w = (next(it) if g else None for g in given)
+        return tuple(o for o in _ops.layer(spec, x, bs, h0, c0, LayerWeights(*w), reverse)
+                     if o is not None)
+
+    inputs = [x, h0, *(t for t in (c0, *weights) if t is not None)]
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def op_args(mode, proj, sizes, reverse, save, dtype, bias=True):
+    spec, x, bs, h0, c0, w = make_case(mode, proj, bias=bias, sizes=sizes)
+    cast = (lambda t: None if t is None else t.to(dtype))
+    return (mode, cast(x), bs, cast(h0), cast(c0), *(cast(t) for t in w), reverse, save)
+
+
+OPCHECK = [  # (mode, proj, sizes, reverse, dtype)
+    ("LSTM", 0, PACKED, False, torch.float32),
+    ("LSTM", 3, PADDED, True, torch.float64),
+    ("GRU", 0, PACKED, True, torch.float32),
+    ("GRU", 0, PADDED, False, torch.bfloat16),
+    ("RNN_TANH", 0, PADDED, False, torch.float64),
+    ("RNN_RELU", 0, PACKED, True, torch.float32),
+]
+
+
+@pytest.mark.parametrize("mode,proj,sizes,reverse,dtype", OPCHECK)
+def test_opcheck(mode, proj, sizes, reverse, dtype):
+    args = op_args(mode, proj, sizes, reverse, True, dtype)
+    differentiable = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    for t in differentiable:
+        t.requires_grad_(dtype != torch.bfloat16)
+    torch.library.opcheck(torch.ops.fastrnn.layer_fwd, args)
+    inference = op_args(mode, proj, sizes, reverse, False, dtype)
+    torch.library.opcheck(torch.ops.fastrnn.layer_fwd, inference)
+
+    plain = op_args(mode, proj, sizes, reverse, True, dtype)
+    y, h_n, c_n, ws = torch.ops.fastrnn.layer_fwd(*plain)
+    mode_, x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse_, _ = plain
+    bwd = (mode, torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0,
+           w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, reverse)
+    torch.library.opcheck(torch.ops.fastrnn.layer_bwd, bwd)
+
+
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_poisoned_outputs(mode, proj):
+    """Every output element is written: with deterministic mode on, torch fills
+    each fresh at::empty buffer (outputs, workspace, scratch) with NaN."""
+    case = make_case(mode, proj, sizes=PACKED, hidden=19)
+    clean = outputs_and_grads(_ops.layer, *case, True, torch.float32)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert torch.utils.deterministic.fill_uninitialized_memory
+        poisoned = outputs_and_grads(_ops.layer, *case, True, torch.float32)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for got, want in zip(poisoned[0] + poisoned[1], clean[0] + clean[1]):
+        assert not got.isnan().any()
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_zero_batch(mode, proj):
+    case = make_case(mode, proj, sizes=[0, 0, 0])
+    outs, grads = outputs_and_grads(_ops.layer, *case, False, torch.float32)
+    assert [tuple(o.shape) for o in outs][0] == (0, proj or 5)
+    spec, x, bs, h0, c0, w = case
+    shapes = [t.shape for t in (x, h0, c0, *w) if t is not None]
+    assert [g.shape for g in grads] == shapes
+    assert all(g.eq(0).all() for g in grads)
+
+
+def test_inference_skips_workspace():
+    args = op_args("LSTM", 0, PACKED, False, False, torch.float32)
+    y, h_n, c_n, ws = torch.ops.fastrnn.layer_fwd(*args)
+    assert ws.shape == (0, 5 * 5)
+    saved = op_args("LSTM", 0, PACKED, False, True, torch.float32)
+    y2, *_, ws2 = torch.ops.fastrnn.layer_fwd(*saved)
+    assert ws2.shape == (sum(PACKED), 5 * 5)
+    torch.testing.assert_close(y, y2, rtol=0, atol=0)
+
+
+def _bad_fwd_args():
+    """(description, args) pairs; each must raise RuntimeError from the kernel."""
+    good = list(op_args("LSTM", 0, PACKED, False, True, torch.float32))
+    gru = list(op_args("GRU", 0, PACKED, False, True, torch.float32))
+    X, BS, H0, C0, WIH, WHH, BIH, BHH, WHR = range(1, 10)
+
+    def edit(base, **changes):
+        args = list(base)
+        for index, value in changes.items():
+            args[int(index[1:])] = value
+        return args
+
+    f32 = good[X]
+    return [
+        ("unknown mode", edit(good, a0="LSTMX")),
+        ("x 3-D", edit(good, **{f"a{X}": f32[None]})),
+        ("x float16", edit(good, **{f"a{X}": f32.half()})),
+        ("x int", edit(good, **{f"a{X}": f32.long()})),
+        ("x dtype differs from weights", edit(good, **{f"a{X}": f32.double()})),
+        ("x not contiguous", edit(good, **{f"a{X}": torch.randn(7, f32.shape[0]).t()})),
+        ("x rows != sum(batch_sizes)", edit(good, **{f"a{X}": f32[1:]})),
+        ("batch_sizes increasing", edit(good, **{f"a{BS}": torch.tensor([1, 2, 4, 5, 5, 2])})),
+        ("batch_sizes negative", edit(good, **{f"a{BS}": torch.tensor([20, -1])})),
+        ("batch_sizes int32", edit(good, **{f"a{BS}": good[BS].int()})),
+        ("batch_sizes empty", edit(good, **{f"a{BS}": torch.tensor([], dtype=torch.long)})),
+        ("h0 batch", edit(good, **{f"a{H0}": good[H0][:-1]})),
+        ("h0 dtype", edit(good, **{f"a{H0}": good[H0].double()})),
+        ("c0 missing for LSTM", edit(good, **{f"a{C0}": None})),
+        ("c0 given for GRU", edit(gru, **{f"a{C0}": torch.zeros(5, 5)})),
+        ("c0 shape", edit(good, **{f"a{C0}": torch.zeros(5, 4)})),
+        ("w_ih rows not gates * H", edit(good, **{f"a{WIH}": good[WIH][:-1]})),
+        ("w_ih input size", edit(good, **{f"a{WIH}": good[WIH][:, :-1].contiguous()})),
+        ("w_hh shape", edit(good, **{f"a{WHH}": good[WHH][:, :-1].contiguous()})),
+        ("w_hh not contiguous", edit(good, **{f"a{WHH}": torch.randn(5, 20).t()})),
+        ("b_ih without b_hh", edit(good, **{f"a{BHH}": None})),
+        ("b_hh shape", edit(good, **{f"a{BHH}": good[BHH][:-1]})),
+        ("w_hr for GRU", edit(gru, **{f"a{WHR}": torch.randn(3, 5)})),
+        ("w_hr shape vs w_hh", edit(good, **{f"a{WHR}": torch.randn(3, 5)})),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_fwd_args())),
+                         ids=[d for d, _ in _bad_fwd_args()])
+def test_bad_forward_inputs_raise(case):
+    _, args = _bad_fwd_args()[case]
+    with pytest.raises(RuntimeError):
+        torch.ops.fastrnn.layer_fwd(*args)
+
+
+def test_bad_backward_inputs_raise():
+    args = op_args("GRU", 0, PACKED, False, True, torch.float32)
+    y, h_n, c_n, ws = torch.ops.fastrnn.layer_fwd(*args)
+    _, x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _ = args
+    _, *_, ws_inference = torch.ops.fastrnn.layer_fwd(*args[:-1], False)
+
+    def bwd(grad_y=torch.ones_like(y), grad_c=c_n, workspace=ws, grad_h=torch.ones_like(h_n)):
+        return torch.ops.fastrnn.layer_bwd("GRU", grad_y, grad_h, grad_c, x, bs, h0, c0, w_ih,
+                                           w_hh, b_ih, b_hh, w_hr, y, workspace, reverse)
+
+    bwd()  # the well-formed call works
+    bad = [
+        dict(workspace=ws_inference),  # forward ran with save=False
+        dict(workspace=ws.double()),
+        dict(workspace=ws[:, :-1]),
+        dict(grad_y=torch.ones(y.shape[1], y.shape[0]).t()),  # not contiguous
+        dict(grad_y=torch.ones_like(y)[:-1]),
+        dict(grad_h=torch.ones_like(h_n).double()),
+        dict(grad_c=torch.ones(5, 5)),  # GRU has no cell state
+    ]
+    for kwargs in bad:
+        with pytest.raises(RuntimeError):
+            bwd(**kwargs)
+
+
+def test_backward_after_inference_forward_raises():
+    args = op_args("GRU", 0, PACKED, False, False, torch.float32)
+    leaf = args[1].requires_grad_()
+    y, *_ = torch.ops.fastrnn.layer_fwd(*args)
+    with pytest.raises(RuntimeError, match="save=False"):
+        y.sum().backward()
+    assert leaf.grad is None
+
+
+def test_backend_declines_what_it_cannot_serve():
+    backend = get("cpu")
+    assert backend.available() is None
+    spec = LayerSpec("GRU", 3, 4)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        assert backend.supports(spec, torch.zeros(2, 3, dtype=dtype)) is None
+    assert "float16" in backend.supports(spec, torch.zeros(2, 3, dtype=torch.float16))
+    assert "meta" in backend.supports(spec, torch.zeros(2, 3, device="meta"))
+
+
+@pytest.mark.parametrize("mode,proj", [("LSTM", 3), ("GRU", 0)])
+def test_compile_fullgraph(mode, proj):
+    """The op traces through torch.compile(fullgraph=True) (fake kernel + autograd
+    formula) and gives the eager numbers, forward and backward."""
+    torch._dynamo.reset()
+    spec, x, bs, h0, c0, w = make_case(mode, proj, sizes=PADDED)
+    backend = get("cpu")
+
+    def fn(x, h0, c0, weights):
+        y, h_n, c_n = backend.layer(spec, x, bs, h0, c0, weights, False)
+        return (y.square().sum() + h_n.sum() + (0 if c_n is None else c_n.sum())).tanh()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    results = []
+    for f in (fn, compiled):
+        xs, h, c, ws = leaves(x, h0, c0, w, torch.float32)
+        loss = f(xs, h, c, ws)
+        inputs = [t for t in (xs, h, c, *ws) if t is not None]
+        results.append([loss.detach(), *torch.autograd.grad(loss, inputs)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_matches_torch_nn(mode):
+    """One layer against torch.nn's own module (same weights), padded batch."""
+    steps, batch, size, hidden = 6, 3, 5, 11
+    if mode in ("LSTM", "GRU"):
+        module = getattr(torch.nn, mode)(size, hidden).double()
+    else:
+        nonlinearity = "tanh" if mode == "RNN_TANH" else "relu"
+        module = torch.nn.RNN(size, hidden, nonlinearity=nonlinearity).double()
+    x = torch.randn(steps, batch, size, dtype=torch.float64)
+    h0 = torch.randn(1, batch, hidden, dtype=torch.float64)
+    c0 = torch.randn(1, batch, hidden, dtype=torch.float64)
+    want = module(x, (h0, c0) if mode == "LSTM" else h0)
+    weights = LayerWeights(module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
+                           module.bias_hh_l0, None)
+    y, h_n, c_n = _ops.layer(LayerSpec(mode, size, hidden), x.reshape(-1, size),
+                             torch.full((steps,), batch), h0[0],
+                             c0[0] if mode == "LSTM" else None, weights, False)
+    torch.testing.assert_close(y.reshape(steps, batch, hidden), want[0])
+    if mode == "LSTM":
+        torch.testing.assert_close(h_n, want[1][0][0])
+        torch.testing.assert_close(c_n, want[1][1][0])
+    else:
+        torch.testing.assert_close(h_n, want[1][0])
+
+
+def _gate_reference(v):
+    """The 19 probe outputs (see tests/gates_probe.cpp) from torch autograd, float64."""
+    v = [t.clone().requires_grad_() for t in v.t()]
+    pi, pf, pg, po, c_prev, dh, dc_next, _ = v
+    i, f, g, o = pi.sigmoid(), pf.sigmoid(), pg.tanh(), po.sigmoid()
+    c = f * c_prev + i * g
+    h = o * c.tanh()
+    lstm_grads = torch.autograd.grad((dh * h + dc_next * c).sum(), [pi, pf, pg, po, c_prev])
+    x_r, x_z, x_n, h_r, h_z, h_n, h_prev, gdh = v
+    r, z = (x_r + h_r).sigmoid(), (x_z + h_z).sigmoid()
+    n = (x_n + r * h_n).tanh()
+    gh = (1 - z) * n + z * h_prev
+    gru_grads = torch.autograd.grad((gdh * gh).sum(), [x_r, x_z, x_n, h_n, h_prev])
+    pre, rdh = v[0], v[1]
+    rnn = []
+    for act in (torch.tanh, torch.relu):
+        out = act(pre)
+        rnn += [out, torch.autograd.grad((rdh * out).sum(), pre)[0]]
+    cols = [h, c, *lstm_grads, gh, *gru_grads, *rnn, pre.sigmoid(), (pre > 0).double()]
+    return torch.stack([t.detach() for t in cols], dim=1)
+
+
+def test_scalar_gate_math(tmp_path):
+    """gates.h instantiated with plain float/double (as the CUDA kernels use it),
+    compiled without torch, against torch autograd."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH to build the scalar gates.h probe")
+    root = Path(__file__).resolve().parents[1]
+    probe = tmp_path / "gates_probe"
+    subprocess.run([compiler, "-std=c++17", "-O1", f"-I{root / 'csrc' / 'include'}",
+                    str(root / "tests" / "gates_probe.cpp"), "-o", str(probe)], check=True)
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(64, 8, generator=gen, dtype=torch.float64) * 2
+    values = values.to(torch.float32).double()  # exactly representable in float too
+    stdin = f"{len(values)}\n" + "\n".join(" ".join(repr(x) for x in row.tolist())
+                                           for row in values)
+    out = subprocess.run([str(probe)], input=stdin, capture_output=True, text=True, check=True)
+    rows = torch.tensor([[float(x) for x in line.split()] for line in out.stdout.splitlines()],
+                        dtype=torch.float64)
+    want = _gate_reference(values)
+    torch.testing.assert_close(rows[0::2], want, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(rows[1::2], want, atol=2e-6, rtol=2e-5)
