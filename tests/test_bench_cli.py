@@ -1,0 +1,182 @@
+"""`fastrnn bench` end to end on a tiny grid (in-process), its parity gate, and its cuDNN rule.
+
+The reference backend stands in for a contender: it is always present, and
+breaking it on purpose must stop the run before anything is timed.
+"""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fastrnn import backends
+from fastrnn.bench import cudnn
+from fastrnn.bench.config import Config
+from fastrnn.cli import main
+
+TINY = ["--backends", "reference", "--seq-lens", "3,5", "--batch", "2", "--hidden", "4", "--budget", "0.01",
+        "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    yield
+    torch.set_num_threads(1)  # the CLI sets the thread count for the process; put the suite's back
+
+
+def _run(tmp_path, *extra):
+    return main(["bench", *TINY, "--out", str(tmp_path), *extra])
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--full", "--cells", "--dtype", "--device", "--threads", "--out", "--backends",
+                   "--seq-lens", "--batch", "--hidden", "--mode", "--input"):
+        assert option in text
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "fastrnn", "bench", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--seq-lens" in done.stdout
+
+
+def test_tiny_run_writes_json_csv_table_and_plots(tmp_path, capsys):
+    assert _run(tmp_path, "--cells", "lstm,gru_cell", "--threads", "2") == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    meta = doc["meta"]
+    assert meta["threads"] == 2 and meta["device"] == "cpu" and meta["torch"] == torch.__version__
+    for key in ("cpu", "date_utc", "fastrnn", "triton", "machine", "command"):
+        assert key in meta
+
+    records = doc["results"]
+    # lstm: 2 T x 2 modes x 2 input forms; gru_cell: padded only -> 12 shapes, torch + reference each.
+    assert len(records) == 24
+    assert {(r["cell"], r["input"]) for r in records} == {("lstm", "padded"), ("lstm", "packed"),
+                                                          ("gru_cell", "padded")}
+    by_key = {(r["cell"], r["mode"], r["input"], r["seq_len"], r["impl"]): r for r in records}
+    for (cell, mode, form, steps, impl), r in by_key.items():
+        assert r["status"] == "ok" and r["threads"] == 2
+        assert r["median_ms"] > 0 and r["rounds"] >= 3 and len(r["samples_ms"]) == r["rounds"]
+        assert r["ms_per_step"] == pytest.approx(r["median_ms"] / steps)
+        torch_ms = by_key[(cell, mode, form, steps, "torch")]["median_ms"]
+        assert r["speedup"] == pytest.approx(torch_ms / r["median_ms"])
+        expected_tokens = steps * 2 if form == "padded" else r["tokens"]
+        assert r["tokens"] == expected_tokens and 2 <= r["tokens"] <= 2 * steps
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / (r["median_ms"] / 1e3))
+
+    parity = doc["parity"]
+    assert len(parity) == 12 and all(p["ok"] for p in parity)
+    training = [p for p in parity if p["mode"] == "training"]
+    assert training and all(
+        "grad_input" in p["errors"] and any(name.startswith("grad_weight_hh") for name in p["errors"])
+        for p in training
+    )
+
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and {"median_ms", "speedup", "tokens_per_s", "threads"} <= set(rows[0])
+    assert all(row["torch"] == torch.__version__ and row["cpu"] == meta["cpu"] for row in rows)
+
+    table = (tmp_path / "table.md").read_text()
+    assert "reference speedup" in table and table.count("\n| lstm") == 8
+    for cell in ("lstm", "gru_cell"):
+        png = (tmp_path / f"plot-{cell}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert "reference speedup" in capsys.readouterr().out
+
+
+def _scaled(layer, factor_out=1.0, factor_grad=1.0):
+    """A backend layer whose output is scaled by factor_out and whose gradients by factor_grad."""
+
+    def wrong(spec, x, batch_sizes, h0, c0, weights, reverse):
+        y, h, c = layer(spec, x, batch_sizes, h0, c0, weights, reverse)
+        # value: factor_out * y; gradient flowing back: factor_grad times the true one
+        y = factor_out * y.detach() + factor_grad * (y - y.detach())
+        return y, h, c
+
+    return wrong
+
+
+def test_wrong_outputs_fail_loudly_before_timing(tmp_path, monkeypatch, capsys):
+    reference = backends.get("reference")
+    monkeypatch.setattr(reference, "layer", _scaled(reference.layer, factor_out=1.01))
+    assert _run(tmp_path, "--cells", "gru", "--mode", "inference") == 1
+    err = capsys.readouterr().err
+    assert "PARITY FAILURE" in err and "reference on gru inference" in err and "out: error" in err
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["results"] == [] and not any(p["ok"] for p in doc["parity"])
+
+
+def test_wrong_gradients_fail_in_training_mode_only(tmp_path, monkeypatch, capsys):
+    reference = backends.get("reference")
+    monkeypatch.setattr(reference, "layer", _scaled(reference.layer, factor_grad=1.01))
+    assert _run(tmp_path, "--cells", "lstm", "--mode", "inference") == 0
+    assert _run(tmp_path, "--cells", "lstm", "--mode", "training", "--input", "packed") == 1
+    err = capsys.readouterr().err
+    assert "grad_input: error" in err and "grad_weight_ih_l0: error" in err and "out: error" not in err
+
+
+def test_declining_backend_is_recorded_not_timed(tmp_path, monkeypatch):
+    monkeypatch.setattr(backends.get("reference"), "supports", lambda spec, x: "not today")
+    assert _run(tmp_path, "--cells", "rnn_relu", "--mode", "inference", "--input", "padded") == 0
+    records = json.loads((tmp_path / "results.json").read_text())["results"]
+    ours = [r for r in records if r["impl"] == "reference"]
+    assert len(ours) == 2 and all(r["status"] == "declined: not today" and "median_ms" not in r for r in ours)
+    assert "not timed on 2 of 2 shapes: declined: not today" in (tmp_path / "table.md").read_text()
+
+
+def test_default_backends_exclude_the_oracle():
+    from fastrnn.bench.runner import default_backends
+
+    chosen, _ = default_backends("cpu")
+    assert "reference" not in chosen
+    assert set(chosen) <= set(backends.available())
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    assert _run(tmp_path, "--cells", "lstm_cel") == 2
+    assert "unknown cell ['lstm_cel']" in capsys.readouterr().err
+    assert main(["bench", "--backends", "nope", "--out", str(tmp_path)]) == 2
+    assert _run(tmp_path, "--cells", "lstm_cell", "--input", "packed") == 2
+
+
+def _shape(cell="lstm", dtype="float16", batch=64, hidden=256, mode="inference", form="padded", steps=100):
+    return Config(cell, dtype, batch, hidden, mode, form, steps, "cuda")
+
+
+@pytest.mark.parametrize(
+    "cfg, device, forward, expected",
+    [
+        (_shape(form="packed"), (8, 0, 108), True, cudnn.STANDARD),  # packed: never persistent
+        (_shape(dtype="float32", hidden=128), (8, 0, 108), True, cudnn.SMALL_H),  # LSTM fwd H <= 192
+        (_shape(dtype="float32", hidden=192), (8, 0, 108), False, cudnn.STANDARD),  # LSTM bwd needs H <= 128
+        (_shape(dtype="float64", hidden=128), (8, 0, 108), True, cudnn.STANDARD),  # no small-H for double
+        (_shape(cell="rnn_tanh", dtype="float32", hidden=384), (8, 0, 108), True, cudnn.SMALL_H),
+        (_shape(), (8, 0, 108), True, cudnn.PERSIST),  # fp16 LSTM, H % 128 == 0, A100-like
+        (_shape(dtype="bfloat16"), (8, 0, 108), True, cudnn.STANDARD),  # persistent needs fp16
+        (_shape(cell="gru"), (8, 0, 108), True, cudnn.STANDARD),  # GRU excluded on sm >= 8
+        (_shape(), (8, 6, 108), True, cudnn.STANDARD),  # sm_86 excluded
+        (_shape(), (9, 0, 132), True, cudnn.PERSIST),  # H100-like
+        (_shape(batch=80), (7, 0, 80), True, cudnn.STANDARD),  # V100: batch 80 weeded out
+        (_shape(hidden=320), (8, 0, 108), True, cudnn.STANDARD),  # H % 128 != 0
+    ],
+)
+def test_cudnn_algorithm_rule(cfg, device, forward, expected):
+    assert cudnn.algo(cfg, *device, forward=forward) == expected
+
+
+def test_timing_interleaves_with_rotating_order():
+    from fastrnn.bench import timing
+
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("torch", "a", "b")}
+    result = timing.measure(steps, "cpu", budget_s=0.0, min_rounds=4, warmup=1)
+    assert calls[:3] == ["torch", "a", "b"]  # warm-up round
+    rounds = [calls[i : i + 3] for i in range(3, len(calls), 3)]
+    assert rounds == [["torch", "a", "b"], ["a", "b", "torch"], ["b", "torch", "a"], ["torch", "a", "b"]]
+    assert all(len(t.samples_ms) == 4 and t.median_ms >= 0 for t in result.values())
