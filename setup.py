@@ -39,7 +39,11 @@ def simd_flags():
 
 def extension():
     with_cuda = CUDA_HOME is not None and torch.version.cuda is not None
-    cxx = ["-O3", "-std=c++17", "-fopenmp-simd"]
+    # -fopenmp at compile time only: ATen's at::parallel_for is an inline
+    # `#pragma omp parallel` that silently runs serially without it. Not linked
+    # with -fopenmp, so the GOMP symbols bind to the OpenMP runtime libtorch
+    # already loaded (one thread pool, torch.set_num_threads applies).
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
     if os.environ.get("FASTRNN_NATIVE", "1") != "0":
         cxx.append("-march=native")
         cxx += simd_flags()

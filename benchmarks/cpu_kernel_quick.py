@@ -6,7 +6,7 @@ machine, `--clock cpu` times with the process CPU clock instead of the wall
 clock, which ignores time spent descheduled (meaningful with --threads 1 only:
 with more threads it sums the threads' CPU time).
 
-    python benchmarks/cpu_kernel_quick.py --threads 1 2 --modes LSTM GRU RNN_TANH
+    python benchmarks/cpu_kernel_quick.py --threads 1 2 --modes LSTM GRU RNN_TANH --steps 16 64
 """
 from __future__ import annotations
 
@@ -74,24 +74,43 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["LSTM", "GRU", "RNN_TANH"])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, nargs="+", default=[100])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    print("| threads | mode | B | H | pass | torch ms | fastrnn ms | speedup |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| threads | mode | T | B | H | pass | torch ms | fastrnn ms | speedup | fastrnn GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for mode in args.modes:
-            for batch in args.batch:
-                for hidden in args.hidden:
-                    for train in (False, True):
-                        t_torch, t_fast = case(mode, batch, hidden, args.steps, train,
-                                               args.repeats, clock)
-                        print(f"| {threads} | {mode} | {batch} | {hidden} | "
-                              f"{'fwd+bwd' if train else 'no_grad'} | {t_torch * 1e3:.2f} | "
-                              f"{t_fast * 1e3:.2f} | {t_torch / t_fast:.2f}x |", flush=True)
+            for steps in args.steps:
+                for batch in args.batch:
+                    for hidden in args.hidden:
+                        for train in (False, True):
+                            t_torch, t_fast = case(mode, batch, hidden, steps, train,
+                                                   args.repeats, clock)
+                            rate = layer_flops(mode, steps, batch, hidden, train) / t_fast / 1e9
+                            print(f"| {threads} | {mode} | {steps} | {batch} | {hidden} | "
+                                  f"{'fwd+bwd' if train else 'no_grad'} | {t_torch * 1e3:.2f} | "
+                                  f"{t_fast * 1e3:.2f} | {t_torch / t_fast:.2f}x | {rate:.0f} |",
+                                  flush=True)
+        print(f"| {threads} | fp32 GEMM reference: {gemm_rate(args.repeats, clock):.0f} GFLOP/s "
+              "(4096 x 1024 @ 1024 x 4096) |", flush=True)
+
+
+def layer_flops(mode: str, steps: int, batch: int, hidden: int, train: bool) -> float:
+    """GEMM FLOPs of one layer with input size = hidden: input projection and
+    recurrent product forward; backward adds dx, dh and the two weight grads."""
+    gh = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
+    forward = 2 * 2 * steps * batch * hidden * gh
+    return forward * (3 if train else 1)
+
+
+def gemm_rate(repeats: int, clock) -> float:
+    a, b = torch.randn(4096, 1024), torch.randn(1024, 4096)
+    (t,) = median_times([lambda: torch.mm(a, b)], repeats, clock)
+    return 2 * 4096 * 1024 * 4096 / t / 1e9
 
 
 if __name__ == "__main__":

@@ -28,4 +28,19 @@ TORCH_LIBRARY(fastrnn, m) {
       "Tensor? b_hh, Tensor? w_hr, Tensor y, Tensor workspace, bool reverse) "
       "-> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
       "Tensor db_hh, Tensor dw_hr)");
+  // Both directions of one bidirectional layer in one call, so a device can
+  // run them concurrently. Per-direction arguments are lists of 2 ([forward,
+  // reverse]); an optional one (c0, biases, w_hr) is an empty list when absent.
+  // Results are the per-direction results of layer_fwd / layer_bwd as lists,
+  // except dx, which is summed over the directions.
+  m.def(
+      "bilayer_fwd(str mode, Tensor x, Tensor batch_sizes, Tensor[] h0, Tensor[] c0, "
+      "Tensor[] w_ih, Tensor[] w_hh, Tensor[] b_ih, Tensor[] b_hh, Tensor[] w_hr, bool save) "
+      "-> (Tensor[] y, Tensor[] h_n, Tensor[] c_n, Tensor[] workspace)");
+  m.def(
+      "bilayer_bwd(str mode, Tensor[] grad_y, Tensor[] grad_h_n, Tensor[] grad_c_n, Tensor x, "
+      "Tensor batch_sizes, Tensor[] h0, Tensor[] c0, Tensor[] w_ih, Tensor[] w_hh, "
+      "Tensor[] b_ih, Tensor[] b_hh, Tensor[] w_hr, Tensor[] y, Tensor[] workspace) "
+      "-> (Tensor dx, Tensor[] dh0, Tensor[] dc0, Tensor[] dw_ih, Tensor[] dw_hh, "
+      "Tensor[] db_ih, Tensor[] db_hh, Tensor[] dw_hr)");
 }

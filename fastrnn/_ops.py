@@ -1,7 +1,8 @@
 """Python side of the native ops fastrnn::layer_fwd / layer_bwd (csrc/ops.cpp).
 
 Importing this module loads fastrnn._C (which registers the schemas and the
-device kernels) and adds what torch needs above the kernels:
+device kernels) and adds what torch needs above the kernels, for these ops and
+for their two-direction forms bilayer_fwd / bilayer_bwd:
   * fake kernels, so torch.compile / FakeTensor can trace the ops;
   * the autograd formula of layer_fwd, which calls layer_bwd.
 `layer` is the one-layer entry point shared by the cpu and cuda backends.
@@ -50,6 +51,38 @@ def _layer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_
             like(w_hr))
 
 
+def _direction(d: int, *lists):
+    """Direction d's entry of each per-direction list of the bilayer ops (None
+    for an empty list: an absent optional argument)."""
+    return tuple(lst[d] if lst else None for lst in lists)
+
+
+def _as_lists(per_direction):
+    """[(a_f, b_f, ...), (a_r, b_r, ...)] -> ([a_f, a_r], [b_f, b_r], ...)."""
+    return tuple(list(pair) for pair in zip(*per_direction))
+
+
+@torch.library.register_fake("fastrnn::bilayer_fwd")
+def _bilayer_fwd_fake(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save):
+    return _as_lists(
+        _layer_fwd_fake(mode, x, batch_sizes, *_direction(d, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr),
+                        d == 1, save)
+        for d in (0, 1)
+    )
+
+
+@torch.library.register_fake("fastrnn::bilayer_bwd")
+def _bilayer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
+                      b_ih, b_hh, w_hr, y, workspace):
+    dx, *per_direction = _as_lists(
+        _layer_bwd_fake(mode, grad_y[d], grad_h_n[d], grad_c_n[d], x, batch_sizes,
+                        *_direction(d, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), y[d], workspace[d],
+                        d == 1)
+        for d in (0, 1)
+    )
+    return (dx[0], *per_direction)
+
+
 def _setup_context(ctx, inputs, output):
     mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save = inputs
     y, _, _, workspace = output
@@ -88,6 +121,42 @@ torch.library.register_autograd(
     "fastrnn::layer_fwd", _backward, setup_context=_setup_context
 )
 
+def _bi_setup_context(ctx, inputs, output):
+    mode, x, batch_sizes, *lists, save = inputs
+    y, _, _, workspace = output
+    ctx.mode, ctx.save = mode, save
+    ctx.lengths = [len(lst) for lst in lists]  # 2, or 0 for an absent optional
+    ctx.save_for_backward(x, batch_sizes, *(t for lst in lists for t in lst), *y, *workspace)
+
+
+def _bi_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
+    if not ctx.save:
+        raise RuntimeError(
+            "fastrnn::bilayer_fwd ran with save=False (inference) and cannot be differentiated"
+        )
+    x, batch_sizes, *flat = ctx.saved_tensors
+    lists = []
+    for n in ctx.lengths:
+        lists.append(flat[:n])
+        flat = flat[n:]
+    y, workspace = flat[:2], flat[2:]
+    h0, c0 = lists[0], lists[1]
+    grad_c = ([x.new_empty((0,))] * 2 if ctx.mode != "LSTM"
+              else [_grad(grad_c_n[d], c0[d]) for d in (0, 1)])
+    dx, *grads = torch.ops.fastrnn.bilayer_bwd(
+        ctx.mode, [_grad(grad_y[d], y[d]) for d in (0, 1)],
+        [_grad(grad_h_n[d], h0[d]) for d in (0, 1)], grad_c, x, batch_sizes, *lists, y,
+        workspace,
+    )
+    # An absent optional argument is an empty list; so is its gradient.
+    grads = [g if given else [] for g, given in zip(grads, lists)]
+    return (None, dx, None, *grads, None)
+
+
+torch.library.register_autograd(
+    "fastrnn::bilayer_fwd", _bi_backward, setup_context=_bi_setup_context
+)
+
 
 def layer(
     spec: LayerSpec,
@@ -110,3 +179,19 @@ def layer(
         *(dense(w) for w in weights), reverse, save,
     )
     return y, h_n, (c_n if spec.mode == "LSTM" else None)
+
+
+def bidirectional_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0, weights):
+    """Both directions of one layer in one native call (the CPU kernel runs them
+    concurrently). Contract: Backend.bidirectional_layer in backends/base.py."""
+    tensors = (x, *h0, *c0, *weights[0], *weights[1])
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+    def pair(*ts: Optional[Tensor]) -> list[Tensor]:
+        return [] if ts[0] is None else [t.contiguous() for t in ts]
+
+    y, h_n, c_n, _ = torch.ops.fastrnn.bilayer_fwd(
+        spec.mode, x.contiguous(), batch_sizes.contiguous(), pair(*h0), pair(*c0),
+        *(pair(*ws) for ws in zip(*weights)), save,
+    )
+    return tuple((y[d], h_n[d], c_n[d] if spec.mode == "LSTM" else None) for d in (0, 1))

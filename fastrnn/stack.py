@@ -27,6 +27,14 @@ def split_weights(ws: Sequence[Tensor], bias: bool, has_proj: bool) -> LayerWeig
     return LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr)
 
 
+def select_backend(spec: LayerSpec, x: Tensor, used: list[str]) -> backends.Backend:
+    """The first backend that accepts the layer; its name is recorded in `used`."""
+    backend = backends.select(spec, x)
+    if backend.name not in used:
+        used.append(backend.name)
+    return backend
+
+
 def run_layer(
     spec: LayerSpec,
     x: Tensor,
@@ -38,9 +46,7 @@ def run_layer(
     used: list[str],
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer and direction on the first backend that accepts it."""
-    backend = backends.select(spec, x)
-    if backend.name not in used:
-        used.append(backend.name)
+    backend = select_backend(spec, x, used)
     return backend.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
 
 
@@ -75,25 +81,25 @@ def run_stack(
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     for layer in range(num_layers):
-        outputs = []
-        for direction in range(dirs):
-            idx = layer * dirs + direction
-            weights = split_weights(flat_weights[idx * per : (idx + 1) * per], bias, proj_size > 0)
-            spec = LayerSpec(mode, layer_input.shape[1], hidden_size, proj_size, bias)
-            y, h, c = run_layer(
-                spec,
-                layer_input,
-                batch_sizes,
-                hx[idx].contiguous(),
-                None if cx is None else cx[idx].contiguous(),
-                weights,
-                direction == 1,
-                used,
+        idx = [layer * dirs + d for d in range(dirs)]
+        weights = [
+            split_weights(flat_weights[i * per : (i + 1) * per], bias, proj_size > 0) for i in idx
+        ]
+        h0 = [hx[i].contiguous() for i in idx]
+        c0 = [None if cx is None else cx[i].contiguous() for i in idx]
+        spec = LayerSpec(mode, layer_input.shape[1], hidden_size, proj_size, bias)
+        backend = select_backend(spec, layer_input, used)
+        if dirs == 2:  # one call, so a backend can run the directions together
+            results = backend.bidirectional_layer(
+                spec, layer_input, batch_sizes, tuple(h0), tuple(c0), tuple(weights)
             )
-            outputs.append(y)
-            h_n.append(h)
-            if c is not None:
-                c_n.append(c)
+        else:
+            results = [
+                backend.layer(spec, layer_input, batch_sizes, h0[0], c0[0], weights[0], False)
+            ]
+        outputs = [y for y, _, _ in results]
+        h_n.extend(h for _, h, _ in results)
+        c_n.extend(c for _, _, c in results if c is not None)
         layer_input = outputs[0] if dirs == 1 else torch.cat(outputs, dim=1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)

@@ -4,6 +4,8 @@ Differential against the pure-PyTorch oracle (backends/reference.py) for
 outputs, final states and every gradient; gradcheck in float64; opcheck for
 both ops; NaN-poisoned output buffers; bad inputs; torch.compile.
 """
+import contextlib
+
 import pytest
 import torch
 
@@ -87,19 +89,70 @@ def test_matches_reference(mode, proj, sizes, reverse, dtype):
         torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
 
 
+@contextlib.contextmanager
+def num_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("mode,proj", CONFIGS)
 def test_no_bias_and_two_threads(mode, proj):
     """bias=False, and a 2-thread run (batch split into tiles) equals the oracle."""
     case = make_case(mode, proj, bias=False, sizes=[9, 9, 7, 3, 3, 1], hidden=34)
     want_out, want_grad = outputs_and_grads(run_layer, *case, False, torch.float64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with num_threads(2):
         got_out, got_grad = outputs_and_grads(_ops.layer, *case, False, torch.float64)
-    finally:
-        torch.set_num_threads(threads)
     for got, want in zip(got_out + got_grad, want_out + want_grad):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-10)
+
+
+# Sizes that make 2 threads split the hidden units of one loop (steps.h,
+# split_hidden): H >= 256 with B <= 8, or H = 128 with B = 1. Packed sizes in
+# both directions cover rows that end (forward) and join (reverse) mid-loop.
+SPLIT_CASES = [([5, 5, 4, 2, 2, 1], 256), ([1, 1, 1], 128)]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("sizes,hidden", SPLIT_CASES, ids=["B5H256", "B1H128"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_two_threads_split_hidden(mode, sizes, hidden, reverse):
+    """Threads sharing one loop (hidden slices, a barrier per step) match the
+    oracle in float64 and give bitwise the 1-thread result in float32."""
+    case = make_case(mode, sizes=sizes, hidden=hidden, input_size=9)
+    want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
+    with num_threads(2):
+        got_out, got_grad = outputs_and_grads(_ops.layer, *case, reverse, torch.float64)
+        two = outputs_and_grads(_ops.layer, *case, reverse, torch.float32)
+    atol, rtol = TOLERANCE[torch.float64]
+    for got, want in zip(got_out + got_grad, want_out + want_grad):
+        torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
+    with num_threads(1):
+        one = outputs_and_grads(_ops.layer, *case, reverse, torch.float32)
+    # What the loops produce (y, h_n, c_n, dh0, dc0) is bitwise equal; dx and
+    # the weight gradients come from MKL GEMMs, whose blocking may depend on
+    # the thread count. grads are [dx, dh0, (dc0), dW...].
+    states = 2 if mode == "LSTM" else 1
+    for got, want in zip(two[0] + two[1][1:1 + states], one[0] + one[1][1:1 + states]):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_many_rows_wide_weights(mode, reverse):
+    """More rows than one register block (8) against weights wider than the
+    small GEMM's L2 column chunk (small_gemm.cpp): H = 300 gives several
+    chunks, the last one ragged, in both the forward and backward products."""
+    case = make_case(mode, sizes=[10, 10, 9], hidden=300, input_size=5)
+    want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
+    with num_threads(1):
+        got_out, got_grad = outputs_and_grads(_ops.layer, *case, reverse, torch.float64)
+    atol, rtol = TOLERANCE[torch.float64]
+    for got, want in zip(got_out + got_grad, want_out + want_grad):
+        torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
 
 
 GRADCHECK = [  # (mode, proj, bias, sizes, reverse)
@@ -160,6 +213,79 @@ def test_opcheck(mode, proj, sizes, reverse, dtype):
     bwd = (mode, torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0,
            w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, reverse)
     torch.library.opcheck(torch.ops.fastrnn.layer_bwd, bwd)
+
+
+def bi_op_args(mode, proj, sizes, save, dtype, bias=True):
+    """bilayer_fwd's arguments: op_args as [forward, reverse] lists (the reverse
+    direction's values scaled, so the directions differ), absent optionals []."""
+    mode, x, bs, *per_direction = op_args(mode, proj, sizes, False, save, dtype, bias)[:10]
+    lists = [[] if t is None else [t, t * 0.9] for t in per_direction]
+    return (mode, x, bs, *lists, save)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_opcheck_bidirectional(mode, proj, dtype):
+    args = bi_op_args(mode, proj, PACKED, True, dtype)
+    for lst in args[3:10]:
+        for t in lst:
+            t.requires_grad_()
+    args[1].requires_grad_()
+    torch.library.opcheck(torch.ops.fastrnn.bilayer_fwd, args)
+    torch.library.opcheck(torch.ops.fastrnn.bilayer_fwd, bi_op_args(mode, proj, PADDED, False, dtype))
+
+    plain = bi_op_args(mode, proj, PACKED, True, dtype)
+    y, h_n, c_n, ws = torch.ops.fastrnn.bilayer_fwd(*plain)
+    rand = lambda ts: [torch.randn_like(t) for t in ts]  # noqa: E731
+    bwd = (mode, rand(y), rand(h_n), rand(c_n), *plain[1:3], *plain[3:10], y, ws)
+    torch.library.opcheck(torch.ops.fastrnn.bilayer_bwd, bwd)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_bidirectional_matches_reference(mode, proj, bias, threads):
+    """Both directions in one call (run concurrently on 2 threads) give each
+    direction's oracle outputs and gradients; the input gradient is their sum."""
+    fwd = make_case(mode, proj, bias=bias, sizes=PACKED, hidden=21, input_size=19, seed=3)
+    rev = make_case(mode, proj, bias=bias, sizes=PACKED, hidden=21, input_size=19, seed=4)
+    spec, x, sizes = fwd[:3]
+
+    def both(fn, x, h0f, h0r, c0f, c0r, *weights):
+        wf, wr = LayerWeights(*weights[:5]), LayerWeights(*weights[5:])
+        if fn is None:
+            outs = _ops.bidirectional_layer(spec, x, sizes, (h0f, h0r), (c0f, c0r), (wf, wr))
+        else:
+            outs = [fn(spec, x, sizes, h0, c0, w, d == 1)
+                    for d, (h0, c0, w) in enumerate([(h0f, c0f, wf), (h0r, c0r, wr)])]
+        return [o for out in outs for o in out if o is not None]
+
+    def run(fn):
+        inputs = [None if t is None else t.detach().clone().requires_grad_()
+                  for t in (x, fwd[3], rev[3], fwd[4], rev[4], *fwd[5], *rev[5])]
+        outs = both(fn, *inputs)
+        gen = torch.Generator().manual_seed(5)
+        cots = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+        leaves = [t for t in inputs if t is not None]
+        return outs + list(torch.autograd.grad(outs, leaves, cots))
+
+    want = run(run_layer)
+    with num_threads(threads):
+        got = run(None)
+    atol, rtol = TOLERANCE[torch.float64]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=atol * w.abs().max().item(), rtol=rtol)
+
+
+def test_bidirectional_bad_lists_raise():
+    mode, x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save = bi_op_args("LSTM", 0, PACKED, False,
+                                                                        torch.float64)
+    with pytest.raises(RuntimeError, match="h0 must list 2 tensors"):
+        torch.ops.fastrnn.bilayer_fwd(mode, x, bs, h0[:1], c0, w_ih, w_hh, b_ih, b_hh, w_hr, save)
+    with pytest.raises(RuntimeError, match="b_ih must list 2 tensors"):
+        torch.ops.fastrnn.bilayer_fwd(mode, x, bs, h0, c0, w_ih, w_hh, b_ih[:1], b_hh, w_hr, save)
+    with pytest.raises(RuntimeError, match="LSTM needs c0"):
+        torch.ops.fastrnn.bilayer_fwd(mode, x, bs, h0, [], w_ih, w_hh, b_ih, b_hh, w_hr, save)
 
 
 @pytest.mark.parametrize("mode,proj", CONFIGS)

@@ -23,13 +23,16 @@ using at::vec::Vectorized;
 namespace ws_col = workspace;
 
 template <typename S, Mode M>
-void backward_tile(const LayerDims& d, const Steps& steps, const BackwardArgs<S>& a, int64_t b0,
-                   int64_t b1) {
+void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>& a,
+                   const Part& part) {
   using V = Vectorized<S>;
   const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
   const int64_t dgc = dgate_columns(M, H);
+  const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr.data != nullptr;
   std::vector<S> dh_cell(project ? (b1 - b0) * H : 0);
+  // The columns of W_hh (its output side, P) whose dh this part carries.
+  const Packed<S> whh = packed_columns(a.whh, part.o0, part.o1 - part.o0);
 
   for (int64_t s = d.T - 1; s >= 0; --s) {
     const int64_t t = steps.step(s);
@@ -52,12 +55,12 @@ void backward_tile(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
     for (int64_t r = 0; r < live; ++r) {
       const int64_t b = b0 + r, n = n0 + r, p = steps.prev_row(t, b);
       const S* hp = p >= 0 ? a.y + p * P : a.h0 + b * P;
-      std::memcpy(a.h_prev + n * P, hp, sizeof(S) * P);
+      std::memcpy(a.h_prev + n * P + part.o0, hp + part.o0, sizeof(S) * (part.o1 - part.o0));
       const S* ws = a.ws + n * cols;
       const S* gy = a.grad_y + n * P;
       S* dhr = dh + r * P;
       S* dg = a.dg + n * dgc;
-      for_each_vector<S>(H, [&](int64_t j, int64_t cnt) {
+      for_each_vector<S>(j0, j1, [&](int64_t j, int64_t cnt) {
         auto ld = [&](const S* q) { return V::loadu(q + j, cnt); };
         auto st = [&](const V& v, S* q) { v.store(q + j, cnt); };
         const V dh_t = project ? ld(dh_cell.data() + r * H) : ld(gy) + ld(dhr);
@@ -90,13 +93,15 @@ void backward_tile(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
       });
     }
 
+    part.sync->wait();  // every slice of this step's dg written
     const S* dg0 = a.dg + n0 * dgc;
+    S* dh_out = dh + part.o0;
     if constexpr (M == Mode::GRU) {
       // Hidden side of GRU is [d r | d z | d h_n]: columns 0..2H and 3H..4H of dg.
-      small_gemm<S>(live, dg0, dgc, a.whh, 0, 2 * H, dh, P, /*accumulate=*/true);
-      small_gemm<S>(live, dg0 + 3 * H, dgc, a.whh, 2 * H, H, dh, P, true);
+      small_gemm<S>(live, dg0, dgc, whh, 0, 2 * H, dh_out, P, /*accumulate=*/true);
+      small_gemm<S>(live, dg0 + 3 * H, dgc, whh, 2 * H, H, dh_out, P, true);
     } else {
-      small_gemm<S>(live, dg0, dgc, a.whh, 0, GH, dh, P, /*accumulate=*/false);
+      small_gemm<S>(live, dg0, dgc, whh, 0, GH, dh_out, P, /*accumulate=*/false);
     }
   }
 }
@@ -106,8 +111,8 @@ void backward_tile(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
 template <typename S>
 void backward_loop(const LayerDims& d, const BackwardArgs<S>& a) {
   const Steps steps(d);
-  for_each_tile(d, [&](auto mode, int64_t b0, int64_t b1) {
-    backward_tile<S, decltype(mode)::value>(d, steps, a, b0, b1);
+  for_each_part<S>(d, [&](auto mode, const Part& part) {
+    backward_part<S, decltype(mode)::value>(d, steps, a, part);
   });
 }
 

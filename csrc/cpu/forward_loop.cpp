@@ -5,6 +5,7 @@
 // applies the gate math of fastrnn/gates.h, updates the state in place and
 // writes y and the workspace. With a projection, a second small GEMM maps the
 // cell outputs through W_hr into y and h. Scratch is allocated once per call.
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -21,10 +22,11 @@ using at::vec::Vectorized;
 namespace ws_col = workspace;
 
 template <typename S, Mode M>
-void forward_tile(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& a, int64_t b0,
-                  int64_t b1) {
+void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& a,
+                  const Part& part) {
   using V = Vectorized<S>;
   const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
+  const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr_t.data != nullptr;
   std::vector<S> gh((b1 - b0) * GH);
   std::vector<S> h_cell(project ? (b1 - b0) * H : 0);
@@ -35,7 +37,24 @@ void forward_tile(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     if (live <= 0) continue;
     const int64_t n0 = steps.row(t, b0);
     S* h = a.h + b0 * P;
-    small_gemm<S>(live, h, P, a.whh_t, 0, P, gh.data(), GH, /*accumulate=*/false);
+    // h_{t-1} of the live rows is y of the previous step for the rows that
+    // were live then, and h0 for rows that join now (reverse only). Reading y,
+    // not the state buffer, keeps the state writes below private to a part.
+    const int64_t carried =
+        s == 0 ? 0 : std::clamp<int64_t>(steps.live(steps.step(s - 1), b0, b1), 0, live);
+    const S* y_prev = s == 0 ? nullptr : a.y + steps.row(steps.step(s - 1), b0) * P;
+    part.sync->wait();  // every slice of h_{t-1} written
+    auto recurrent = [&](const Packed<S>& w, S* out) {  // out[0:live] = h_{t-1} @ w
+      small_gemm<S>(carried, y_prev, P, w, 0, P, out, GH, /*accumulate=*/false);
+      small_gemm<S>(live - carried, a.h0 + (b0 + carried) * P, P, w, 0, P, out + carried * GH,
+                    GH, false);
+    };
+    if (j1 - j0 == H) {
+      recurrent(a.whh_t, gh.data());
+    } else {  // this part's units of every gate
+      for (int64_t g = 0; g < gates(M); ++g)
+        recurrent(packed_columns(a.whh_t, g * H + j0, j1 - j0), gh.data() + g * H + j0);
+    }
 
     for (int64_t r = 0; r < live; ++r) {
       const S* gx = a.gx + (n0 + r) * GH;
@@ -43,7 +62,7 @@ void forward_tile(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
       S* hr = h + r * P;
       S* yr = a.y + (n0 + r) * P;
       S* ws = a.ws ? a.ws + (n0 + r) * cols : nullptr;
-      for_each_vector<S>(H, [&](int64_t j, int64_t n) {
+      for_each_vector<S>(j0, j1, [&](int64_t j, int64_t n) {
         auto ld = [&](const S* p) { return V::loadu(p + j, n); };
         auto st = [&](const V& v, S* p) { v.store(p + j, n); };
         if constexpr (M == Mode::LSTM) {
@@ -100,8 +119,8 @@ void forward_tile(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
 template <typename S>
 void forward_loop(const LayerDims& d, const ForwardArgs<S>& a) {
   const Steps steps(d);
-  for_each_tile(d, [&](auto mode, int64_t b0, int64_t b1) {
-    forward_tile<S, decltype(mode)::value>(d, steps, a, b0, b1);
+  for_each_part<S>(d, [&](auto mode, const Part& part) {
+    forward_part<S, decltype(mode)::value>(d, steps, a, part);
   });
 }
 

@@ -49,21 +49,50 @@ void block(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t panel_stride
   }
 }
 
-// All columns for R rows: wide blocks first, then single panels.
+// Blocks of NB panels from panel p on while they fit; returns the next panel.
+template <typename S, int R, int NB>
+int64_t blocks(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K, S* C,
+               int64_t ldc, bool accumulate, int64_t p) {
+  constexpr int64_t VL = Vectorized<S>::size();
+  const int64_t panels = (B.n + VL - 1) / VL, stride = B.K * VL;
+  for (; p + NB <= panels; p += NB)
+    block<S, R, NB>(K, A, lda, B.data + k0 * VL + p * stride, stride, C + p * VL, ldc,
+                    std::min<int64_t>(NB * VL, B.n - p * VL), accumulate);
+  return p;
+}
+
+// All columns for R rows: the widest blocks first, then narrower ones for the
+// remaining panels (a lone panel per block leaves one FMA chain per row, which
+// waits on the FMA latency; narrow operands such as a thread's slice of a gate
+// would otherwise run mostly in those).
 template <typename S, int R>
 void row_block(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K, S* C,
                int64_t ldc, bool accumulate) {
   constexpr int NB = R <= 2 ? 8 : R <= 4 ? 4 : 2;
-  constexpr int64_t VL = Vectorized<S>::size();
-  const int64_t panels = (B.n + VL - 1) / VL, stride = B.K * VL;
-  const S* base = B.data + k0 * VL;
-  int64_t p = 0;
-  for (; p + NB <= panels; p += NB)
-    block<S, R, NB>(K, A, lda, base + p * stride, stride, C + p * VL, ldc,
-                    std::min<int64_t>(NB * VL, B.n - p * VL), accumulate);
-  for (; p < panels; ++p)
-    block<S, R, 1>(K, A, lda, base + p * stride, stride, C + p * VL, ldc,
-                   std::min<int64_t>(VL, B.n - p * VL), accumulate);
+  int64_t p = blocks<S, R, NB>(A, lda, B, k0, K, C, ldc, accumulate, 0);
+  if constexpr (NB > 4) p = blocks<S, R, 4>(A, lda, B, k0, K, C, ldc, accumulate, p);
+  if constexpr (NB > 2) p = blocks<S, R, 2>(A, lda, B, k0, K, C, ldc, accumulate, p);
+  blocks<S, R, 1>(A, lda, B, k0, K, C, ldc, accumulate, p);
+}
+
+// Rows in blocks of kMaxRows against columns [0, B.n).
+template <typename S>
+void row_blocks(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K,
+                S* C, int64_t ldc, bool accumulate) {
+  for (int64_t r = 0; r < rows; r += kMaxRows) {
+    const S* a = A + r * lda;
+    S* c = C + r * ldc;
+    switch (std::min<int64_t>(kMaxRows, rows - r)) {
+      case 1: row_block<S, 1>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 2: row_block<S, 2>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 3: row_block<S, 3>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 4: row_block<S, 4>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 5: row_block<S, 5>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 6: row_block<S, 6>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 7: row_block<S, 7>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      default: row_block<S, 8>(a, lda, B, k0, K, c, ldc, accumulate); break;
+    }
+  }
 }
 
 }  // namespace
@@ -95,20 +124,17 @@ void pack_rhs(const S* src, int64_t K, int64_t n, bool transpose, S* dst) {
 template <typename S>
 void small_gemm(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K,
                 S* C, int64_t ldc, bool accumulate) {
-  for (int64_t r = 0; r < rows; r += kMaxRows) {
-    const S* a = A + r * lda;
-    S* c = C + r * ldc;
-    switch (std::min<int64_t>(kMaxRows, rows - r)) {
-      case 1: row_block<S, 1>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 2: row_block<S, 2>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 3: row_block<S, 3>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 4: row_block<S, 4>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 5: row_block<S, 5>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 6: row_block<S, 6>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 7: row_block<S, 7>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      default: row_block<S, 8>(a, lda, B, k0, K, c, ldc, accumulate); break;
-    }
-  }
+  // With several row blocks, every block would stream all of B; at H = 1024
+  // that is an L3-sized read per block. Walk B in column chunks of at most
+  // ~256 KiB instead (at least 4 panels, the widest block of rows > 2), so
+  // the row blocks re-read a chunk from L2.
+  constexpr int64_t VL = Vectorized<S>::size();
+  const int64_t panel_bytes = K * VL * static_cast<int64_t>(sizeof(S));
+  const int64_t chunk =
+      rows <= kMaxRows ? B.n : std::max<int64_t>(4, (256 << 10) / panel_bytes / 4 * 4) * VL;
+  for (int64_t c0 = 0; c0 < B.n; c0 += chunk)
+    row_blocks<S>(rows, A, lda, packed_columns(B, c0, std::min(chunk, B.n - c0)), k0, K, C + c0,
+                  ldc, accumulate);
 }
 
 #define FASTRNN_INSTANTIATE(S)                                                                 \

@@ -87,3 +87,19 @@ class Backend:
         reverse: bool,
     ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
         raise NotImplementedError
+
+    def bidirectional_layer(
+        self,
+        spec: LayerSpec,
+        x: Tensor,
+        batch_sizes: Tensor,
+        h0: tuple[Tensor, Tensor],
+        c0: tuple[Optional[Tensor], Optional[Tensor]],
+        weights: tuple[LayerWeights, LayerWeights],
+    ) -> tuple[tuple[Tensor, Tensor, Optional[Tensor]], ...]:
+        """Both directions of one layer over the same input: h0, c0 and weights
+        are (forward, reverse) pairs; returns one (y, h_n, c_n) per direction.
+        Two `layer` calls unless a backend can run the directions together."""
+        return tuple(
+            self.layer(spec, x, batch_sizes, h0[d], c0[d], weights[d], d == 1) for d in (0, 1)
+        )

@@ -30,5 +30,8 @@ class CpuBackend(Backend):
     def layer(self, spec, x, batch_sizes, h0, c0, weights, reverse):
         return _ops.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
 
+    def bidirectional_layer(self, spec, x, batch_sizes, h0, c0, weights):
+        return _ops.bidirectional_layer(spec, x, batch_sizes, h0, c0, weights)
+
 
 register(CpuBackend())

@@ -8,10 +8,11 @@
 // N = sum(batch_sizes), B = batch_sizes[0]. At step t only rows [0, bs[t]) are
 // live; the packed rows of step t are [offset[t], offset[t] + bs[t]).
 //
-// Threading: the batch is cut into one contiguous tile per thread
-// (at::parallel_for); each thread runs the whole time loop on its tile, so no
-// step needs a barrier and each thread re-reads the recurrent weights from its
-// own cache every step.
+// Threading (steps.h, for_each_part): either the batch is cut into one
+// contiguous tile per thread and each thread runs the whole time loop on its
+// tile with no synchronisation, or (small batches, large H) the threads share
+// the loop, each computing a slice of the hidden units of every gate, and meet
+// at a barrier once per step.
 #pragma once
 
 #include <stdint.h>
@@ -33,6 +34,7 @@ struct ForwardArgs {
   const S* gx;       // (N, G*H)  x @ W_ih^T + b_ih, plus b_hh for every gate but GRU's n
   Packed<S> whh_t;  // W_hh^T (P, G*H): pack_rhs(w_hh, P, G*H, /*transpose=*/true)
   const S* b_hn;     // (H,) GRU's b_hn (added inside r * (.)), or null
+  const S* h0;      // (B, P) initial state, read by rows at their first step
   Packed<S> whr_t;  // W_hr^T (H, P) when projecting, else data = null
   S* h;             // (B, P) in: h0, out: h_n
   S* c;             // (B, H) in: c0, out: c_n; LSTM only, else null

@@ -21,6 +21,13 @@ struct Packed {
   int64_t K, n;
 };
 
+// Columns [c0, c0 + n) of a packed operand as a packed operand of its own;
+// c0 must be a multiple of the vector width (a panel boundary).
+template <typename S>
+Packed<S> packed_columns(const Packed<S>& B, int64_t c0, int64_t n) {
+  return Packed<S>{B.data + c0 * B.K, B.K, n};
+}
+
 // Elements of the packed form of a (K, n) matrix.
 template <typename S>
 int64_t packed_size(int64_t K, int64_t n);

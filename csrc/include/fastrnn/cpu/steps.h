@@ -2,12 +2,14 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
+#include "fastrnn/cpu/step_barrier.h"
 
 namespace fastrnn::cpu {
 
@@ -46,21 +48,60 @@ class Steps {
   std::vector<int64_t> offset_;
 };
 
-// Runs fn(mode, b0, b1) on one contiguous batch tile [b0, b1) per thread, mode
-// being std::integral_constant<Mode, d.mode>: each mode's loop is compiled
-// with its gate math inlined and no per-element branch.
-template <typename Fn>
-void for_each_tile(const LayerDims& d, const Fn& fn) {
+// One thread's share of a time loop: batch rows [b0, b1), hidden units
+// [j0, j1) and output columns [o0, o1) of h / y (all P unless split).
+struct Part {
+  int64_t b0, b1, j0, j1, o0, o1;
+  StepBarrier::Member* sync;  // wait() between dependent phases of a step
+};
+
+// Whether threads split the hidden units of one time loop instead of running
+// one loop per batch tile. A batch tile streams all of W_hh every step, so
+// with few rows per tile the loop is bound by reading W_hh (at H = 256 an
+// LSTM's W_hh^T is 1 MiB, this machine's L2); a hidden slice reads only its
+// share of W_hh, for the price of one barrier per step. Measured on 2 cores
+// (docs/cpu_kernels.md): it pays at H >= 256 up to B = 8, and at H = 128 only
+// where tiles would leave a thread idle (B < threads); at H = 64 the barrier
+// costs what the split saves. Slices are whole SIMD vectors of every gate
+// (H % VL == 0); no projection, which would need a second barrier per step.
+inline bool split_hidden(const LayerDims& d, int64_t threads, int64_t vector_width) {
+  if (threads < 2 || d.P != d.H || d.H % vector_width != 0 || d.H / vector_width < threads)
+    return false;
+  return (d.H >= 256 && d.B <= 8) || (d.H >= 128 && d.B < threads);
+}
+
+// Runs fn(mode, part) on one Part per thread, mode being
+// std::integral_constant<Mode, d.mode>: each mode's loop is compiled with its
+// gate math inlined and no per-element branch. Parts are either batch tiles
+// (no synchronisation) or hidden slices of the whole batch that meet at a
+// StepBarrier; ATen's OpenMP parallel_for runs its chunks concurrently, one
+// per thread, which the barrier relies on.
+template <typename S, typename Fn>
+void for_each_part(const LayerDims& d, const Fn& fn) {
+  constexpr int64_t VL = at::vec::Vectorized<S>::size();
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t grain = std::max<int64_t>(1, (d.B + threads - 1) / threads);
-  auto tiles = [&](auto mode) {
-    at::parallel_for(0, d.B, grain, [&](int64_t b0, int64_t b1) { fn(mode, b0, b1); });
+  auto run = [&](auto mode) {
+    if (split_hidden(d, threads, VL)) {
+      StepBarrier barrier(threads);
+      const int64_t vectors = d.H / VL;
+      auto bound = [&](int64_t p) { return vectors * p / threads * VL; };
+      at::parallel_for(0, threads, 1, [&](int64_t p0, int64_t p1) {
+        StepBarrier::Member sync(&barrier, p1 - p0);
+        fn(mode, Part{0, d.B, bound(p0), bound(p1), bound(p0), bound(p1), &sync});
+      });
+    } else {
+      const int64_t grain = std::max<int64_t>(1, (d.B + threads - 1) / threads);
+      at::parallel_for(0, d.B, grain, [&](int64_t b0, int64_t b1) {
+        StepBarrier::Member alone(nullptr, 1);
+        fn(mode, Part{b0, b1, 0, d.H, 0, d.P, &alone});
+      });
+    }
   };
   switch (d.mode) {
-    case Mode::LSTM: return tiles(std::integral_constant<Mode, Mode::LSTM>{});
-    case Mode::GRU: return tiles(std::integral_constant<Mode, Mode::GRU>{});
-    case Mode::RNN_TANH: return tiles(std::integral_constant<Mode, Mode::RNN_TANH>{});
-    case Mode::RNN_RELU: return tiles(std::integral_constant<Mode, Mode::RNN_RELU>{});
+    case Mode::LSTM: return run(std::integral_constant<Mode, Mode::LSTM>{});
+    case Mode::GRU: return run(std::integral_constant<Mode, Mode::GRU>{});
+    case Mode::RNN_TANH: return run(std::integral_constant<Mode, Mode::RNN_TANH>{});
+    case Mode::RNN_RELU: return run(std::integral_constant<Mode, Mode::RNN_RELU>{});
   }
 }
 

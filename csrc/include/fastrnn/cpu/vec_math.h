@@ -27,13 +27,19 @@ struct Math<at::vec::Vectorized<S>> {
   static V relu_grad(V y) { return y.gt(V(S(0))); }
 };
 
-// Calls fn(j, count) for j = 0, V, 2V, ... < n with count = min(V, n - j) lanes,
-// V = Vectorized<S>::size(); fn loads/stores with V::loadu(p + j, count) and
-// v.store(p + j, count), so a ragged tail reuses the vector code.
+// Calls fn(j, count) for j = begin, begin + V, ... < end with
+// count = min(V, end - j) lanes, V = Vectorized<S>::size(); fn loads/stores with
+// V::loadu(p + j, count) and v.store(p + j, count), so a ragged tail reuses the
+// vector code.
+template <typename S, typename Fn>
+inline void for_each_vector(int64_t begin, int64_t end, const Fn& fn) {
+  constexpr int64_t V = at::vec::Vectorized<S>::size();
+  for (int64_t j = begin; j < end; j += V) fn(j, end - j < V ? end - j : V);
+}
+
 template <typename S, typename Fn>
 inline void for_each_vector(int64_t n, const Fn& fn) {
-  constexpr int64_t V = at::vec::Vectorized<S>::size();
-  for (int64_t j = 0; j < n; j += V) fn(j, n - j < V ? n - j : V);
+  for_each_vector<S>(0, n, fn);
 }
 
 }  // namespace fastrnn
