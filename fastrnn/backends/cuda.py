@@ -10,14 +10,13 @@ from __future__ import annotations
 import torch
 
 from . import register
-from .base import Backend
-from .native import LOAD_ERROR, _ops
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from .native import LOAD_ERROR, NativeBackend
 
 
-class CudaBackend(Backend):
+class CudaBackend(NativeBackend):
     name = "cuda"
+    device_type = "cuda"
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
 
     def available(self):
         if LOAD_ERROR is not None:
@@ -25,16 +24,6 @@ class CudaBackend(Backend):
         if not torch._C._dispatch_has_kernel_for_dispatch_key("fastrnn::layer_fwd", "CUDA"):
             return "fastrnn._C was built without CUDA kernels (needs a CUDA torch and nvcc)"
         return None
-
-    def supports(self, spec, x):
-        if x.device.type != "cuda":
-            return f"cuda backend runs on CUDA tensors, got {x.device.type}"
-        if x.dtype not in DTYPES:
-            return f"cuda backend supports float32, float16 and bfloat16, got {x.dtype}"
-        return None
-
-    def layer(self, spec, x, batch_sizes, h0, c0, weights, reverse):
-        return _ops.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
 
 
 register(CudaBackend())

@@ -1,4 +1,5 @@
-"""The one loader of fastrnn._C for the backends built on it (cpu, cuda).
+"""What the backends built on fastrnn._C (cpu, cuda) share: the extension's
+loader and the device/dtype gate in front of fastrnn::layer_fwd.
 
 A missing or mismatched extension (not built, or built for another torch) is
 not an import error of fastrnn: the native backends report it through
@@ -8,6 +9,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
+
+from .base import Backend
+
 try:
     from .. import _ops
 except ImportError as err:
@@ -16,4 +21,23 @@ except ImportError as err:
 else:
     LOAD_ERROR = None
 
-__all__ = ["_ops", "LOAD_ERROR"]
+
+class NativeBackend(Backend):
+    """Serves tensors of one device type and a set of dtypes through the native op."""
+
+    device_type: str = "?"
+    dtypes: tuple[torch.dtype, ...] = ()
+
+    def available(self) -> Optional[str]:
+        return LOAD_ERROR
+
+    def supports(self, spec, x) -> Optional[str]:
+        if x.device.type != self.device_type:
+            return f"{self.name} backend runs on {self.device_type} tensors, got {x.device.type}"
+        if x.dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            return f"{self.name} backend supports {names}, got {x.dtype}"
+        return None
+
+    def layer(self, spec, x, batch_sizes, h0, c0, weights, reverse):
+        return _ops.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
