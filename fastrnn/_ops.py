@@ -96,11 +96,18 @@ def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
     return torch.zeros_like(like) if g is None else g.contiguous()
 
 
-def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
+def _needs_saving(tensors) -> bool:
+    """Whether autograd will call backward: only then does forward keep a workspace."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _check_saved(ctx, op: str) -> None:
     if not ctx.save:
-        raise RuntimeError(
-            "fastrnn::layer_fwd ran with save=False (inference) and cannot be differentiated"
-        )
+        raise RuntimeError(f"fastrnn::{op} ran with save=False (inference) and cannot be differentiated")
+
+
+def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
+    _check_saved(ctx, "layer_fwd")
     x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace = ctx.saved_tensors
     grad_c = x.new_empty((0,)) if ctx.mode != "LSTM" else _grad(grad_c_n, c0)
     grads = torch.ops.fastrnn.layer_bwd(
@@ -121,6 +128,7 @@ torch.library.register_autograd(
     "fastrnn::layer_fwd", _backward, setup_context=_setup_context
 )
 
+
 def _bi_setup_context(ctx, inputs, output):
     mode, x, batch_sizes, *lists, save = inputs
     y, _, _, workspace = output
@@ -130,10 +138,7 @@ def _bi_setup_context(ctx, inputs, output):
 
 
 def _bi_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
-    if not ctx.save:
-        raise RuntimeError(
-            "fastrnn::bilayer_fwd ran with save=False (inference) and cannot be differentiated"
-        )
+    _check_saved(ctx, "bilayer_fwd")
     x, batch_sizes, *flat = ctx.saved_tensors
     lists = []
     for n in ctx.lengths:
@@ -168,8 +173,7 @@ def layer(
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer, one direction through the native op (contract: backends/base.py)."""
-    tensors = (x, h0, c0, *weights)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    save = _needs_saving((x, h0, c0, *weights))
 
     def dense(t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.contiguous()
@@ -184,8 +188,7 @@ def layer(
 def bidirectional_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0, weights):
     """Both directions of one layer in one native call (the CPU kernel runs them
     concurrently). Contract: Backend.bidirectional_layer in backends/base.py."""
-    tensors = (x, *h0, *c0, *weights[0], *weights[1])
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    save = _needs_saving((x, *h0, *c0, *weights[0], *weights[1]))
 
     def pair(*ts: Optional[Tensor]) -> list[Tensor]:
         return [] if ts[0] is None else [t.contiguous() for t in ts]

@@ -49,6 +49,7 @@ def _bad_calls():
         ("GRU", {}, (x, z(1, 2, 5, dtype=torch.float64))),  # hx dtype
         ("GRU", {}, (torch.randn(0, 2, 4),)),  # empty sequence
         ("GRU", {}, (packed, z(1, 3, 5))),  # packed hx batch
+        ("GRU", {}, (packed, (z(1, 2, 5),))),  # packed input, hx not a tensor
         ("RNN", {}, ([1, 2],)),  # not a tensor
         ("LSTM", dict(num_layers=2), (x, z(2, 2, 5))),  # hx not a tuple
         ("LSTM", dict(num_layers=2), (x, (z(2, 2, 5),) * 3)),  # three states

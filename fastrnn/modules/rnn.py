@@ -42,6 +42,8 @@ class _FusedStack:
         lstm = self.mode == "LSTM"
         dirs = 2 if self.bidirectional else 1
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if hx is not None:
+            _check_state_kind(hx, lstm)
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
@@ -69,8 +71,6 @@ class _FusedStack:
             zeros = dict(dtype=data.dtype, device=data.device)
             h = torch.zeros(self.num_layers * dirs, max_batch, out_size, **zeros)
             hx = (h, torch.zeros(self.num_layers * dirs, max_batch, self.hidden_size, **zeros)) if lstm else h
-        elif lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise RuntimeError("lstm expects two hidden states")
         self.check_forward_args(data, hx, batch_sizes)
         _check_state_dtype(data, hx)
         hx = self.permute_hidden(hx, sorted_indices)
@@ -118,21 +118,26 @@ class _FusedStack:
         return out, hidden
 
 
+def _check_state_kind(hx, lstm: bool) -> None:
+    """LSTM takes an (h, c) pair, RNN and GRU one tensor; torch.nn's exception classes."""
+    if lstm:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
+    elif not isinstance(hx, Tensor):
+        raise NotATensorError(f"hx must be a Tensor, got {type(hx).__name__}")
+
+
 def _match_rank(hx, lstm: bool, is_batched: bool):
     """torch.nn's rule: hx must have rank 3 for batched input, 2 for unbatched (then add the batch dim)."""
     want = 3 if is_batched else 2
     kind = "batched 3-D" if is_batched else "unbatched 2-D"
     if lstm:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise RuntimeError("lstm expects two hidden states")
         if hx[0].dim() != want or hx[1].dim() != want:
             raise RuntimeError(
                 f"For {kind} input, hx and cx should also be {want}-D but got "
                 f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
             )
         return hx if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
-    if not isinstance(hx, Tensor):
-        raise NotATensorError(f"hx must be a Tensor, got {type(hx).__name__}")
     if hx.dim() != want:
         raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
     return hx if is_batched else hx.unsqueeze(1)
