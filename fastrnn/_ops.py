@@ -163,6 +163,31 @@ torch.library.register_autograd(
 )
 
 
+class _LayerEager(torch.autograd.Function):
+    """layer_fwd with its registered autograd formula, for eager calls.
+
+    torch.library's autograd wrapper costs about 50 us a call on this machine
+    (it rebuilds the schema's argument list several times per call to fill
+    defaults, then redispatches from Python), as much as a whole cell step
+    (docs/cpu_kernels.md). Eager calls of `layer` go through this Function: the
+    same setup_context and backward, with the op called below the Autograd key.
+    forward takes ctx itself: a separate setup_context staticmethod would make
+    Function.apply bind the arguments through inspect.signature, ~20 us more.
+    Traced calls (torch.compile) and functorch transforms use the op itself, so
+    graphs hold the custom op and its registered formula. (bilayer_fwd keeps the registered path: an
+    autograd.Function does not see tensors inside its list arguments.)
+    """
+
+    @staticmethod
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            output = torch.ops.fastrnn.layer_fwd.default(*args)
+        _setup_context(ctx, args, output)
+        return output
+
+    backward = staticmethod(_backward)
+
+
 def layer(
     spec: LayerSpec,
     x: Tensor,
@@ -178,10 +203,15 @@ def layer(
     def dense(t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.contiguous()
 
-    y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd(
-        spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), dense(c0),
-        *(dense(w) for w in weights), reverse, save,
-    )
+    args = (spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), dense(c0),
+            *(dense(w) for w in weights), reverse, save)
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd(*args)
+    elif save:
+        y, h_n, c_n, _ = _LayerEager.apply(*args)
+    else:  # nothing to differentiate: straight to the kernel
+        with torch._C._AutoDispatchBelowAutograd():
+            y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd.default(*args)
     return y, h_n, (c_n if spec.mode == "LSTM" else None)
 
 

@@ -155,6 +155,36 @@ def test_many_rows_wide_weights(mode, reverse):
         torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
 
 
+# The loop's two forms of the input projection and the single-step path
+# (steps.h, project_per_step; layer_ops.cpp): >= 8 rows per thread with T > 1
+# project each step inside the loop (with 2 threads: batch tiles of 8, or at
+# H = 256 every thread's slice of the hidden units); fewer rows use the
+# hoisted GEMM; T = 1 takes h0 @ W_hh^T (and dh0's W_hh term) from BLAS
+# without packing W_hh. Packed sizes let the live rows drop below 8 mid-loop.
+FORM_CASES = {  # id: (batch_sizes, threads, hidden)
+    "per_step": ([9, 9, 8, 8, 3], 1, 21),
+    "per_step_tiles": ([16, 16, 12], 2, 21),
+    "per_step_split": ([8, 8, 5], 2, 256),
+    "single_step": ([6], 1, 21),
+    "single_step_split": ([6], 2, 256),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("form", list(FORM_CASES))
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_projection_forms_and_single_step(mode, proj, form, reverse, bias):
+    sizes, threads, hidden = FORM_CASES[form]
+    case = make_case(mode, proj, bias=bias, sizes=sizes, hidden=hidden, input_size=11)
+    want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
+    with num_threads(threads):
+        got_out, got_grad = outputs_and_grads(_ops.layer, *case, reverse, torch.float64)
+    atol, rtol = TOLERANCE[torch.float64]
+    for got, want in zip(got_out + got_grad, want_out + want_grad, strict=True):
+        torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
+
+
 GRADCHECK = [  # (mode, proj, bias, sizes, reverse)
     *((m, p, True, [2, 2, 1], False) for m, p in CONFIGS),
     ("LSTM", 2, False, [3, 1, 1], True),

@@ -32,7 +32,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
   const bool project = a.whr.data != nullptr;
   std::vector<S> dh_cell(project ? (b1 - b0) * H : 0);
   // The columns of W_hh (its output side, P) whose dh this part carries.
-  const Packed<S> whh = packed_columns(a.whh, part.o0, part.o1 - part.o0);
+  const Packed<S> whh = a.whh.data ? packed_columns(a.whh, part.o0, part.o1 - part.o0) : a.whh;
 
   for (int64_t s = d.T - 1; s >= 0; --s) {
     const int64_t t = steps.step(s);
@@ -93,6 +93,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
       });
     }
 
+    if (a.whh.data == nullptr) continue;  // T = 1: the caller adds dG_hidden @ W_hh
     part.sync->wait();  // every slice of this step's dg written
     const S* dg0 = a.dg + n0 * dgc;
     S* dh_out = dh + part.o0;

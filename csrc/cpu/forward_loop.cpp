@@ -1,7 +1,8 @@
 // Forward time loop (contract: fastrnn/cpu/recurrence.h).
 //
 // Per step and batch tile: one small GEMM gh = h @ W_hh^T over the tile's live
-// rows, then one vectorized pass that adds the precomputed input projection,
+// rows (and, in the per-step form, gx = bias + x_t @ W_ih^T), then one
+// vectorized pass that adds the input projection,
 // applies the gate math of fastrnn/gates.h, updates the state in place and
 // writes y and the workspace. With a projection, a second small GEMM maps the
 // cell outputs through W_hr into y and h. Scratch is allocated once per call.
@@ -28,7 +29,15 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
   const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
   const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr_t.data != nullptr;
-  std::vector<S> gh((b1 - b0) * GH);
+  std::vector<S> gh(a.whh_t.data ? (b1 - b0) * GH : 0);
+  std::vector<S> gx_step(a.gx ? 0 : (b1 - b0) * GH);  // this step's projection (per-step form)
+  // fn(operand's columns, first column) for the columns of every gate this
+  // part computes: all of them, or units [j0, j1) of each gate.
+  auto for_part_columns = [&](const Packed<S>& w, auto&& fn) {
+    if (j1 - j0 == H) return fn(w, int64_t{0});
+    for (int64_t g = 0; g < gates(M); ++g)
+      fn(packed_columns(w, g * H + j0, j1 - j0), g * H + j0);
+  };
   std::vector<S> h_cell(project ? (b1 - b0) * H : 0);
 
   for (int64_t s = 0; s < d.T; ++s) {
@@ -44,21 +53,29 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
         s == 0 ? 0 : std::clamp<int64_t>(steps.live(steps.step(s - 1), b0, b1), 0, live);
     const S* y_prev = s == 0 ? nullptr : a.y + steps.row(steps.step(s - 1), b0) * P;
     part.sync->wait();  // every slice of h_{t-1} written
+    const bool given = s == 0 && a.gh0 != nullptr;  // first step's h0 @ W_hh^T precomputed
+    const S* gh_rows = given ? a.gh0 + b0 * GH : gh.data();
     auto recurrent = [&](const Packed<S>& w, S* out) {  // out[0:live] = h_{t-1} @ w
       small_gemm<S>(carried, y_prev, P, w, 0, P, out, GH, /*accumulate=*/false);
       small_gemm<S>(live - carried, a.h0 + (b0 + carried) * P, P, w, 0, P, out + carried * GH,
                     GH, false);
     };
-    if (j1 - j0 == H) {
-      recurrent(a.whh_t, gh.data());
-    } else {  // this part's units of every gate
-      for (int64_t g = 0; g < gates(M); ++g)
-        recurrent(packed_columns(a.whh_t, g * H + j0, j1 - j0), gh.data() + g * H + j0);
+    if (!given)
+      for_part_columns(a.whh_t, [&](const Packed<S>& w, int64_t c0) { recurrent(w, gh.data() + c0); });
+    const S* gx_rows = a.gx ? a.gx + n0 * GH : gx_step.data();
+    if (!a.gx) {  // gx_step[0:live] = bias + x_t @ W_ih^T
+      for_part_columns(a.wih_t, [&](const Packed<S>& w, int64_t c0) {
+        if (a.bias)
+          for (int64_t r = 0; r < live; ++r)
+            std::memcpy(gx_step.data() + r * GH + c0, a.bias + c0, sizeof(S) * w.n);
+        small_gemm<S>(live, a.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,
+                      /*accumulate=*/a.bias != nullptr);
+      });
     }
 
     for (int64_t r = 0; r < live; ++r) {
-      const S* gx = a.gx + (n0 + r) * GH;
-      const S* g = gh.data() + r * GH;
+      const S* gx = gx_rows + r * GH;
+      const S* g = gh_rows + r * GH;
       S* hr = h + r * P;
       S* yr = a.y + (n0 + r) * P;
       S* ws = a.ws ? a.ws + (n0 + r) * cols : nullptr;

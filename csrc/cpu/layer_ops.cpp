@@ -18,6 +18,7 @@
 
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/steps.h"
 #include "fastrnn/workspace.h"
 
 namespace fastrnn::cpu {
@@ -150,19 +151,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const int64_t GH = L.G * L.H;
   const Tensor xc = in_compute(x, ct), wih = in_compute(w_ih, ct), whh = in_compute(w_hh, ct);
 
-  // Input projection of every token in one GEMM. b_hh is folded in too, except
-  // GRU's b_hn, which the reset gate multiplies and so stays in the loop.
-  Tensor gx, b_hn;
+  // The bias as the input projection carries it: b_ih + b_hh, except GRU's
+  // b_hn, which the reset gate multiplies and so stays in the loop.
+  Tensor bias, b_hn;
   if (L.bias) {
     const int64_t folded = L.mode == Mode::GRU ? 2 * L.H : GH;
     const Tensor bhh = in_compute(*b_hh, ct);
-    Tensor bias = in_compute(*b_ih, ct).clone();
+    bias = in_compute(*b_ih, ct).clone();
     bias.narrow(0, 0, folded).add_(bhh.narrow(0, 0, folded));
     if (L.mode == Mode::GRU) b_hn = bhh.narrow(0, folded, L.H).contiguous();
-    gx = at::addmm(bias, xc, wih.t());
-  } else {
-    gx = at::mm(xc, wih.t());
   }
+  const LayerDims dims = dims_of(L, batch_sizes, reverse);
 
   const Tensor h0c = in_compute(h0, ct);
   Tensor h = state_copy(h0, ct);
@@ -170,12 +169,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   Tensor y = at::empty({L.N, L.P}, xc.options());
   Tensor ws = at::empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, xc.options());
 
+  // One step (a cell): h0 @ W_hh^T as one BLAS call instead of packing W_hh.
+  const bool single = L.T == 1;
+  const Tensor gh0 = single ? at::mm(h0c, whh.t()) : Tensor();
+
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_fwd", [&] {
-    Tensor whh_storage, whr_storage;
+    Tensor whh_storage, whr_storage, wih_storage;
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    // Input projection: per step inside the loop, or here for every token in
+    // one GEMM (steps.h, project_per_step).
+    const bool per_step = project_per_step(dims, at::vec::Vectorized<scalar_t>::size());
+    const Tensor gx = per_step ? Tensor()
+                      : L.bias ? at::addmm(bias, xc, wih.t())
+                               : at::mm(xc, wih.t());
     ForwardArgs<scalar_t> args{
-        gx.data_ptr<scalar_t>(),
-        packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
-        b_hn.defined() ? b_hn.data_ptr<scalar_t>() : nullptr,
+        ptr(gx),
+        ptr(xc),
+        per_step ? packed<scalar_t>(wih, L.I, GH, /*transpose=*/true, wih_storage)
+                 : Packed<scalar_t>{nullptr, L.I, GH},
+        ptr(bias),
+        single ? Packed<scalar_t>{nullptr, L.P, GH}
+               : packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
+        single ? gh0.data_ptr<scalar_t>() : nullptr,
+        ptr(b_hn),
         h0c.data_ptr<scalar_t>(),
         L.project ? packed<scalar_t>(in_compute(*w_hr, ct), L.H, L.P, true, whr_storage)
                   : Packed<scalar_t>{nullptr, 0, 0},
@@ -183,7 +199,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
         c.defined() ? c.data_ptr<scalar_t>() : nullptr,
         y.data_ptr<scalar_t>(),
         save ? ws.data_ptr<scalar_t>() : nullptr};
-    forward_loop<scalar_t>(dims_of(L, batch_sizes, reverse), args);
+    forward_loop<scalar_t>(dims, args);
   });
 
   const auto out = x.scalar_type();
@@ -230,12 +246,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   Tensor dy_total = L.project ? at::empty({L.N, L.P}, opts) : Tensor();
   Tensor h_cell = L.project ? at::empty({L.N, H}, opts) : Tensor();
 
+  // One step (a cell): dh0's W_hh term as one BLAS call below instead of packing W_hh.
+  const bool single = L.T == 1;
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
     Tensor whh_storage, whr_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     BackwardArgs<scalar_t> args{
         ptr(gy), ptr(yc), ptr(h0c), ptr(c0c), ptr(workspace),
-        packed<scalar_t>(whh, GH, L.P, /*transpose=*/false, whh_storage),
+        single ? Packed<scalar_t>{nullptr, GH, L.P}
+               : packed<scalar_t>(whh, GH, L.P, /*transpose=*/false, whh_storage),
         L.project ? packed<scalar_t>(in_compute(*w_hr, ct), L.P, H, false, whr_storage)
                   : Packed<scalar_t>{nullptr, 0, 0},
         ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell)};
@@ -247,6 +266,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const Tensor dg_x = dg.narrow(1, 0, GH);
   const Tensor dg_h =
       L.mode == Mode::GRU ? at::cat({dg.narrow(1, 0, 2 * H), dg.narrow(1, 3 * H, H)}, 1) : dg_x;
+  if (single && L.mode == Mode::GRU) {
+    dh.addmm_(dg_h, whh);  // the loop wrote GRU's direct term dh * z
+  } else if (single) {
+    at::mm_out(dh, dg_h, whh);
+  }
   const auto out = x.scalar_type();
   auto none = [&] { return at::empty({0}, x.options()); };  // distinct: outputs must not alias
   return {at::mm(dg_x, wih).to(out),

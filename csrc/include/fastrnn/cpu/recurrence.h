@@ -31,8 +31,17 @@ struct LayerDims {
 
 template <typename S>
 struct ForwardArgs {
-  const S* gx;       // (N, G*H)  x @ W_ih^T + b_ih, plus b_hh for every gate but GRU's n
-  Packed<S> whh_t;  // W_hh^T (P, G*H): pack_rhs(w_hh, P, G*H, /*transpose=*/true)
+  // The input projection, in one of two forms (steps.h, project_per_step):
+  const S* gx;       // (N, G*H)  x @ W_ih^T + b_ih, plus b_hh for every gate but GRU's n;
+                    // or null, and then the loop projects each step itself from:
+  const S* x;       //   (N, I) the layer input
+  Packed<S> wih_t;  //   W_ih^T (I, G*H): pack_rhs(w_ih, I, G*H, /*transpose=*/true)
+  const S* bias;    //   (G*H,) the bias folded as in gx, or null (bias = False)
+  Packed<S> whh_t;  // W_hh^T (P, G*H): pack_rhs(w_hh, P, G*H, /*transpose=*/true);
+                    // data = null when T = 1 and gh0 is given (no step needs it)
+  const S* gh0;     // (B, G*H) h0 @ W_hh^T, computed by the caller for the first step,
+                    // or null. A single step (a cell) then packs nothing: packing W_hh
+                    // costs as much as the step's GEMM.
   const S* b_hn;     // (H,) GRU's b_hn (added inside r * (.)), or null
   const S* h0;      // (B, P) initial state, read by rows at their first step
   Packed<S> whr_t;  // W_hr^T (H, P) when projecting, else data = null
@@ -58,7 +67,10 @@ struct BackwardArgs {
   const S* h0;      // (B, P)
   const S* c0;      // (B, H) LSTM, else null
   const S* ws;      // (N, workspace::columns(mode, H)) from forward_loop
-  Packed<S> whh;    // W_hh (G*H, P): pack_rhs(w_hh, G*H, P, /*transpose=*/false)
+  Packed<S> whh;    // W_hh (G*H, P): pack_rhs(w_hh, G*H, P, /*transpose=*/false), or
+                    // data = null when T = 1: the loop then leaves dh0's GEMM term to
+                    // the caller (dh += dG_hidden @ W_hh; the GRU loop writes its direct
+                    // term dh * z into dh first, the others leave dh undefined)
   Packed<S> whr;    // W_hr (P, H) when projecting, else data = null
   S* dh;            // (B, P) in: dL/dh_n, out: dL/dh0
   S* dc;            // (B, H) in: dL/dc_n, out: dL/dc0; LSTM only, else null

@@ -70,6 +70,27 @@ inline bool split_hidden(const LayerDims& d, int64_t threads, int64_t vector_wid
   return (d.H >= 256 && d.B <= 8) || (d.H >= 128 && d.B < threads);
 }
 
+// Threads that share one time loop: 1 inside a parallel region (e.g. one
+// direction of a bidirectional layer), where at::parallel_for runs inline.
+inline int64_t loop_threads() {
+  return at::in_parallel_region() ? 1 : std::max<int64_t>(1, at::get_num_threads());
+}
+
+// Whether the loop computes each step's input projection x_t @ W_ih^T itself
+// (small_gemm on a packed W_ih, into a cache-resident buffer) instead of
+// reading it from one BLAS GEMM over all tokens made before the loop. Per
+// step pays once a part has >= 8 rows, where small_gemm's 8-row block runs at
+// ~110 GFLOP/s against MKL's 85-90 on this machine (docs/cpu_kernels.md), and
+// it never materialises the (N, G*H) projection: at T = 1024, B = 16, H = 128
+// an LSTM's is 32 MiB, written, page-faulted and read back once per call.
+// Fewer rows per part run small_gemm at 40-65 GFLOP/s, so they keep the
+// hoisted GEMM; so does a single step, which would pack W_ih for one use.
+inline bool project_per_step(const LayerDims& d, int64_t vector_width) {
+  const int64_t threads = loop_threads();
+  const int64_t rows = split_hidden(d, threads, vector_width) ? d.B : (d.B + threads - 1) / threads;
+  return d.T > 1 && rows >= 8;
+}
+
 // Runs fn(mode, part) on one Part per thread, mode being
 // std::integral_constant<Mode, d.mode>: each mode's loop is compiled with its
 // gate math inlined and no per-element branch. Parts are either batch tiles
