@@ -76,6 +76,17 @@ TOLERANCE = {  # (atol, rtol)
 }
 
 
+def assert_matches_oracle(case, reverse, threads):
+    """The native op on `threads` threads gives the oracle's outputs and
+    gradients in float64."""
+    want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
+    with num_threads(threads):
+        got_out, got_grad = outputs_and_grads(_ops.layer, *case, reverse, torch.float64)
+    atol, rtol = TOLERANCE[torch.float64]
+    for got, want in zip(got_out + got_grad, want_out + want_grad, strict=True):
+        torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
+
+
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("sizes", [PACKED, PADDED], ids=["packed", "padded"])
@@ -146,13 +157,7 @@ def test_many_rows_wide_weights(mode, reverse):
     """More rows than one register block (8) against weights wider than the
     small GEMM's L2 column chunk (small_gemm.cpp): H = 300 gives several
     chunks, the last one ragged, in both the forward and backward products."""
-    case = make_case(mode, sizes=[10, 10, 9], hidden=300, input_size=5)
-    want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
-    with num_threads(1):
-        got_out, got_grad = outputs_and_grads(_ops.layer, *case, reverse, torch.float64)
-    atol, rtol = TOLERANCE[torch.float64]
-    for got, want in zip(got_out + got_grad, want_out + want_grad):
-        torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
+    assert_matches_oracle(make_case(mode, sizes=[10, 10, 9], hidden=300, input_size=5), reverse, 1)
 
 
 # The loop's two forms of the input projection and the single-step path
@@ -177,12 +182,21 @@ FORM_CASES = {  # id: (batch_sizes, threads, hidden)
 def test_projection_forms_and_single_step(mode, proj, form, reverse, bias):
     sizes, threads, hidden = FORM_CASES[form]
     case = make_case(mode, proj, bias=bias, sizes=sizes, hidden=hidden, input_size=11)
-    want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
-    with num_threads(threads):
-        got_out, got_grad = outputs_and_grads(_ops.layer, *case, reverse, torch.float64)
-    atol, rtol = TOLERANCE[torch.float64]
-    for got, want in zip(got_out + got_grad, want_out + want_grad, strict=True):
-        torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
+    assert_matches_oracle(case, reverse, threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", 5), ("GRU", 0)])
+def test_large_products(mode, proj, threads):
+    """The products around the loops (gemm.cpp) past one K slice (256 tokens)
+    and a ragged last 8-row block: N = 375 tokens in both projection forms
+    (B = 9 per step, and B = 3 for the hoisted one), G*H = 3*70 or 4*70
+    gradient rows split between threads. (No RNN: with these weights a 125-step
+    tanh recurrence is chaotic and amplifies float64 rounding past the
+    tolerance; RNN runs the same products.)"""
+    for sizes in ([9] * 40 + [7, 5, 3], [3] * 125):
+        assert_matches_oracle(make_case(mode, proj, sizes=sizes, hidden=70, input_size=33), False,
+                              threads)
 
 
 GRADCHECK = [  # (mode, proj, bias, sizes, reverse)

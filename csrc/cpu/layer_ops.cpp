@@ -16,6 +16,7 @@
 #include <tuple>
 #include <vector>
 
+#include "fastrnn/cpu/gemm.h"
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
 #include "fastrnn/cpu/steps.h"
@@ -177,11 +178,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
     Tensor whh_storage, whr_storage, wih_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     // Input projection: per step inside the loop, or here for every token in
-    // one GEMM (steps.h, project_per_step).
+    // one product (steps.h, project_per_step); a single step uses BLAS, which
+    // for B rows costs less than packing W_ih.
     const bool per_step = project_per_step(dims, at::vec::Vectorized<scalar_t>::size());
-    const Tensor gx = per_step ? Tensor()
-                      : L.bias ? at::addmm(bias, xc, wih.t())
-                               : at::mm(xc, wih.t());
+    Tensor gx;
+    if (single) {
+      gx = L.bias ? at::addmm(bias, xc, wih.t()) : at::mm(xc, wih.t());
+    } else if (!per_step) {
+      gx = L.bias ? bias.expand({L.N, GH}).contiguous() : at::empty({L.N, GH}, xc.options());
+      gemm<scalar_t>(L.N, GH, L.I, ptr(xc), L.I, false, ptr(wih), true, ptr(gx), GH, L.bias);
+    }
     ForwardArgs<scalar_t> args{
         ptr(gx),
         ptr(xc),
@@ -261,26 +267,63 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     backward_loop<scalar_t>(dims_of(L, batch_sizes, reverse), args);
   });
 
-  // Weight gradients as large GEMMs over all tokens. GRU's hidden side differs
-  // from its input side in the n gate (dg = [d r | d z | d x_n | d h_n]).
-  const Tensor dg_x = dg.narrow(1, 0, GH);
-  const Tensor dg_h =
-      L.mode == Mode::GRU ? at::cat({dg.narrow(1, 0, 2 * H), dg.narrow(1, 3 * H, H)}, 1) : dg_x;
-  if (single && L.mode == Mode::GRU) {
-    dh.addmm_(dg_h, whh);  // the loop wrote GRU's direct term dh * z
-  } else if (single) {
-    at::mm_out(dh, dg_h, whh);
+  // Gradients of the input and the weights as large products over all tokens
+  // (gemm.h). GRU's hidden side differs from its input side in the n gate:
+  // dg = [d r | d z | d x_n | d h_n], so its W_hh side is columns 0..2H and
+  // 3H..4H of dg, two column ranges of the same products.
+  struct Range {
+    int64_t dg_col, w_row, rows;
+  };
+  const std::vector<Range> hidden_side =
+      L.mode == Mode::GRU ? std::vector<Range>{{0, 0, 2 * H}, {3 * H, 2 * H, H}}
+                          : std::vector<Range>{{0, 0, GH}};
+  Tensor dx = at::empty({L.N, L.I}, opts), dw_ih = at::empty({GH, L.I}, opts);
+  Tensor dw_hh = at::empty({GH, L.P}, opts);
+  Tensor dw_hr = L.project ? at::empty({L.P, H}, opts) : Tensor();
+  if (single) {  // one step (a cell): products of B rows, BLAS without our packing
+    at::mm_out(dx, dg.narrow(1, 0, GH), wih);
+    at::mm_out(dw_ih, dg.narrow(1, 0, GH).t(), xc);
+    for (const Range& r : hidden_side) {
+      const Tensor dg_r = dg.narrow(1, r.dg_col, r.rows);
+      Tensor dw_hh_r = dw_hh.narrow(0, r.w_row, r.rows);  // contiguous rows
+      at::mm_out(dw_hh_r, dg_r.t(), h_prev);
+      // dh0's W_hh term; GRU's loop already wrote its direct term dh * z.
+      dh.addmm_(dg_r, whh.narrow(0, r.w_row, r.rows), L.mode == Mode::GRU ? 1 : 0);
+    }
+    if (L.project) at::mm_out(dw_hr, dy_total.t(), h_cell);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd_products", [&] {
+      using S = scalar_t;
+      const S* g = dg.data_ptr<S>();
+      const int64_t dgc = dg.size(1);
+      gemm<S>(L.N, L.I, GH, g, dgc, false, wih.data_ptr<S>(), false, dx.data_ptr<S>(), L.I,
+              false);
+      gemm<S>(GH, L.I, L.N, g, dgc, true, xc.data_ptr<S>(), false, dw_ih.data_ptr<S>(), L.I,
+              false);
+      for (const Range& r : hidden_side)
+        gemm<S>(r.rows, L.P, L.N, g + r.dg_col, dgc, true, h_prev.data_ptr<S>(), false,
+                dw_hh.data_ptr<S>() + r.w_row * L.P, L.P, false);
+      if (L.project)
+        gemm<S>(L.P, H, L.N, dy_total.data_ptr<S>(), L.P, true, h_cell.data_ptr<S>(), false,
+                dw_hr.data_ptr<S>(), H, false);
+    });
   }
+
   const auto out = x.scalar_type();
   auto none = [&] { return at::empty({0}, x.options()); };  // distinct: outputs must not alias
-  return {at::mm(dg_x, wih).to(out),
+  auto bias_grad = [&](const std::vector<Range>& ranges) {
+    std::vector<Tensor> parts;
+    for (const Range& r : ranges) parts.push_back(dg.narrow(1, r.dg_col, r.rows).sum(0));
+    return at::cat(parts).to(out);
+  };
+  return {dx.to(out),
           dh.to(out),
           dc.defined() ? dc.to(out) : none(),
-          at::mm(dg_x.t(), xc).to(out),
-          at::mm(dg_h.t(), h_prev).to(out),
-          L.bias ? dg_x.sum(0).to(out) : none(),
-          L.bias ? dg_h.sum(0).to(out) : none(),
-          L.project ? at::mm(dy_total.t(), h_cell).to(out) : none()};
+          dw_ih.to(out),
+          dw_hh.to(out),
+          L.bias ? dg.narrow(1, 0, GH).sum(0).to(out) : none(),
+          L.bias ? bias_grad(hidden_side) : none(),
+          L.project ? dw_hr.to(out) : none()};
 }
 
 // A per-direction argument list must be [forward, reverse], or empty for an

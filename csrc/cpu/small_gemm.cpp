@@ -18,10 +18,11 @@ using at::vec::Vectorized;
 
 constexpr int kMaxRows = 8;
 
-// C[0:R, 0:n_valid] (+)= A[0:R, 0:K] @ (NB panels at Bp); Bp points at row k0
-// of the block's first panel, panels are panel_stride elements apart, C at the
-// block's first column, n_valid <= NB*VL.
-template <typename S, int R, int NB>
+// C[0:R, 0:n_valid] (+)= op(A)[0:R, 0:K] @ (NB panels at Bp); Bp points at row
+// k0 of the block's first panel, panels are panel_stride elements apart, C at
+// the block's first column, n_valid <= NB*VL. op(A)[r, k] = A[r * lda + k], or
+// A[k * lda + r] when AT (A holds op(A)^T: the R values of one k are adjacent).
+template <typename S, int R, int NB, bool AT>
 void block(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t panel_stride, S* C,
            int64_t ldc, int64_t n_valid, bool accumulate) {
   using V = Vectorized<S>;
@@ -33,7 +34,7 @@ void block(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t panel_stride
     V b[NB];
     for (int v = 0; v < NB; ++v) b[v] = V::loadu(Bp + v * panel_stride + k * VL);
     for (int r = 0; r < R; ++r) {
-      const V a(A[r * lda + k]);
+      const V a(AT ? A[k * lda + r] : A[r * lda + k]);
       for (int v = 0; v < NB; ++v) acc[r][v] = at::vec::fmadd(a, b[v], acc[r][v]);
     }
   }
@@ -50,13 +51,13 @@ void block(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t panel_stride
 }
 
 // Blocks of NB panels from panel p on while they fit; returns the next panel.
-template <typename S, int R, int NB>
+template <typename S, int R, int NB, bool AT>
 int64_t blocks(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K, S* C,
                int64_t ldc, bool accumulate, int64_t p) {
   constexpr int64_t VL = Vectorized<S>::size();
   const int64_t panels = (B.n + VL - 1) / VL, stride = B.K * VL;
   for (; p + NB <= panels; p += NB)
-    block<S, R, NB>(K, A, lda, B.data + k0 * VL + p * stride, stride, C + p * VL, ldc,
+    block<S, R, NB, AT>(K, A, lda, B.data + k0 * VL + p * stride, stride, C + p * VL, ldc,
                     std::min<int64_t>(NB * VL, B.n - p * VL), accumulate);
   return p;
 }
@@ -65,32 +66,32 @@ int64_t blocks(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t 
 // remaining panels (a lone panel per block leaves one FMA chain per row, which
 // waits on the FMA latency; narrow operands such as a thread's slice of a gate
 // would otherwise run mostly in those).
-template <typename S, int R>
+template <typename S, int R, bool AT>
 void row_block(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K, S* C,
                int64_t ldc, bool accumulate) {
   constexpr int NB = R <= 2 ? 8 : R <= 4 ? 4 : 2;
-  int64_t p = blocks<S, R, NB>(A, lda, B, k0, K, C, ldc, accumulate, 0);
-  if constexpr (NB > 4) p = blocks<S, R, 4>(A, lda, B, k0, K, C, ldc, accumulate, p);
-  if constexpr (NB > 2) p = blocks<S, R, 2>(A, lda, B, k0, K, C, ldc, accumulate, p);
-  blocks<S, R, 1>(A, lda, B, k0, K, C, ldc, accumulate, p);
+  int64_t p = blocks<S, R, NB, AT>(A, lda, B, k0, K, C, ldc, accumulate, 0);
+  if constexpr (NB > 4) p = blocks<S, R, 4, AT>(A, lda, B, k0, K, C, ldc, accumulate, p);
+  if constexpr (NB > 2) p = blocks<S, R, 2, AT>(A, lda, B, k0, K, C, ldc, accumulate, p);
+  blocks<S, R, 1, AT>(A, lda, B, k0, K, C, ldc, accumulate, p);
 }
 
 // Rows in blocks of kMaxRows against columns [0, B.n).
-template <typename S>
+template <typename S, bool AT>
 void row_blocks(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K,
                 S* C, int64_t ldc, bool accumulate) {
   for (int64_t r = 0; r < rows; r += kMaxRows) {
-    const S* a = A + r * lda;
+    const S* a = AT ? A + r : A + r * lda;
     S* c = C + r * ldc;
     switch (std::min<int64_t>(kMaxRows, rows - r)) {
-      case 1: row_block<S, 1>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 2: row_block<S, 2>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 3: row_block<S, 3>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 4: row_block<S, 4>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 5: row_block<S, 5>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 6: row_block<S, 6>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      case 7: row_block<S, 7>(a, lda, B, k0, K, c, ldc, accumulate); break;
-      default: row_block<S, 8>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 1: row_block<S, 1, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 2: row_block<S, 2, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 3: row_block<S, 3, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 4: row_block<S, 4, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 5: row_block<S, 5, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 6: row_block<S, 6, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 7: row_block<S, 7, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      default: row_block<S, 8, AT>(a, lda, B, k0, K, c, ldc, accumulate); break;
     }
   }
 }
@@ -106,7 +107,10 @@ int64_t packed_size(int64_t K, int64_t n) {
 template <typename S>
 void pack_rhs(const S* src, int64_t K, int64_t n, bool transpose, S* dst) {
   constexpr int64_t VL = Vectorized<S>::size();
-  std::fill(dst, dst + packed_size<S>(K, n), S(0));
+  if (n % VL != 0) {  // the last panel's columns past n are zero padding
+    S* last = dst + (n / VL) * VL * K;
+    std::fill(last, last + K * VL, S(0));
+  }
   for (int64_t j0 = 0; j0 < n; j0 += VL) {
     const int64_t width = std::min(VL, n - j0);
     S* panel = dst + j0 * K;  // panel j0 / VL starts at (j0 / VL) * K * VL
@@ -123,7 +127,7 @@ void pack_rhs(const S* src, int64_t K, int64_t n, bool transpose, S* dst) {
 
 template <typename S>
 void small_gemm(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K,
-                S* C, int64_t ldc, bool accumulate) {
+                S* C, int64_t ldc, bool accumulate, bool a_transposed) {
   // With several row blocks, every block would stream all of B; at H = 1024
   // that is an L3-sized read per block. Walk B in column chunks of at most
   // ~256 KiB instead (at least 4 panels, the widest block of rows > 2), so
@@ -132,16 +136,20 @@ void small_gemm(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64
   const int64_t panel_bytes = K * VL * static_cast<int64_t>(sizeof(S));
   const int64_t chunk =
       rows <= kMaxRows ? B.n : std::max<int64_t>(4, (256 << 10) / panel_bytes / 4 * 4) * VL;
-  for (int64_t c0 = 0; c0 < B.n; c0 += chunk)
-    row_blocks<S>(rows, A, lda, packed_columns(B, c0, std::min(chunk, B.n - c0)), k0, K, C + c0,
-                  ldc, accumulate);
+  for (int64_t c0 = 0; c0 < B.n; c0 += chunk) {
+    const Packed<S> cols = packed_columns(B, c0, std::min(chunk, B.n - c0));
+    if (a_transposed)
+      row_blocks<S, true>(rows, A, lda, cols, k0, K, C + c0, ldc, accumulate);
+    else
+      row_blocks<S, false>(rows, A, lda, cols, k0, K, C + c0, ldc, accumulate);
+  }
 }
 
 #define FASTRNN_INSTANTIATE(S)                                                                 \
   template int64_t packed_size<S>(int64_t, int64_t);                                           \
   template void pack_rhs<S>(const S*, int64_t, int64_t, bool, S*);                             \
   template void small_gemm<S>(int64_t, const S*, int64_t, const Packed<S>&, int64_t, int64_t, \
-                              S*, int64_t, bool);
+                              S*, int64_t, bool, bool);
 FASTRNN_INSTANTIATE(float)
 FASTRNN_INSTANTIATE(double)
 #undef FASTRNN_INSTANTIATE

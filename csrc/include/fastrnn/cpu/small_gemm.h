@@ -39,11 +39,13 @@ int64_t packed_size(int64_t K, int64_t n);
 template <typename S>
 void pack_rhs(const S* src, int64_t K, int64_t n, bool transpose, S* dst);
 
-// C[r, 0:n] = (accumulate ? C[r, 0:n] : 0) + sum_{k < K} A[r, k] * B[k0 + k, 0:n]
-//   A (rows, K) with row stride lda; B packed, rows k0 .. k0+K-1 used;
+// C[r, 0:n] = (accumulate ? C[r, 0:n] : 0) + sum_{k < K} op(A)[r, k] * B[k0 + k, 0:n]
+//   op(A) (rows, K): A with row stride lda, or, a_transposed, the transpose of
+//   A (K, rows) with row stride lda (e.g. dG^T for a weight gradient, read
+//   without copying); B packed, rows k0 .. k0+K-1 used;
 //   C (rows, B.n) with row stride ldc. Any rows >= 0.
 template <typename S>
 void small_gemm(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K,
-                S* C, int64_t ldc, bool accumulate);
+                S* C, int64_t ldc, bool accumulate, bool a_transposed = false);
 
 }  // namespace fastrnn::cpu
