@@ -180,7 +180,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
     // Input projection: per step inside the loop, or here for every token in
     // one product (steps.h, project_per_step); a single step uses BLAS, which
     // for B rows costs less than packing W_ih.
-    const bool per_step = project_per_step(dims, at::vec::Vectorized<scalar_t>::size());
+    const bool per_step = project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
+                                           sizeof(scalar_t));
     Tensor gx;
     if (single) {
       gx = L.bias ? at::addmm(bias, xc, wih.t()) : at::mm(xc, wih.t());

@@ -77,18 +77,23 @@ inline int64_t loop_threads() {
 }
 
 // Whether the loop computes each step's input projection x_t @ W_ih^T itself
-// (small_gemm on a packed W_ih, into a cache-resident buffer) instead of
-// reading it from one BLAS GEMM over all tokens made before the loop. Per
-// step pays once a part has >= 8 rows, where small_gemm's 8-row block runs at
-// ~110 GFLOP/s against MKL's 85-90 on this machine (docs/cpu_kernels.md), and
-// it never materialises the (N, G*H) projection: at T = 1024, B = 16, H = 128
-// an LSTM's is 32 MiB, written, page-faulted and read back once per call.
-// Fewer rows per part run small_gemm at 40-65 GFLOP/s, so they keep the
-// hoisted GEMM; so does a single step, which would pack W_ih for one use.
-inline bool project_per_step(const LayerDims& d, int64_t vector_width) {
+// (small_gemm on a packed W_ih, into a buffer of one step) instead of reading
+// it from one product over all tokens made before the loop. Per step pays
+// once a part has >= 8 rows, where small_gemm's 8-row block runs at ~110
+// GFLOP/s against MKL's 85-90 on this machine (docs/cpu_kernels.md), and it
+// never materialises the (N, G*H) projection: at T = 1024, B = 16, H = 128 an
+// LSTM's is 32 MiB, written, page-faulted and read back once per call. But
+// every step then streams W_ih as well as W_hh, 2 FLOP per row per 4 bytes:
+// once the packed weights leave the caches (> 4 MiB together) only >= 32 rows
+// keep that above memory speed (B = 8, H = 1024, 1 thread: 120 ms per step
+// vs 100 hoisted). Fewer than 8 rows run small_gemm at 40-65 GFLOP/s, so they
+// keep the hoisted product; so does a single step (see layer_ops.cpp).
+inline bool project_per_step(const LayerDims& d, int64_t input_size, int64_t vector_width,
+                             int64_t element_bytes) {
   const int64_t threads = loop_threads();
   const int64_t rows = split_hidden(d, threads, vector_width) ? d.B : (d.B + threads - 1) / threads;
-  return d.T > 1 && rows >= 8;
+  const int64_t weight_bytes = (input_size + d.P) * gates(d.mode) * d.H * element_bytes;
+  return d.T > 1 && rows >= 8 && (weight_bytes <= (4 << 20) || rows >= 32);
 }
 
 // Runs fn(mode, part) on one Part per thread, mode being
