@@ -135,3 +135,26 @@ def test_zero_batch():
     ref, ours = build("GRU", dict(num_layers=2))
     x = torch.randn(3, 0, 5)
     assert ours(x)[0].shape == ref(x)[0].shape
+
+
+class _Doubled(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+@pytest.mark.parametrize("name,kwargs", PAIRS)
+def test_parametrized_weight(name, kwargs):
+    """A parametrized weight (torch.nn.utils.parametrize) is computed for the
+    call, as in torch.nn, and its gradient reaches the original parameter."""
+    ref, ours = build(name, kwargs)
+    weight = "weight_hh" if name.endswith("Cell") else "weight_hh_l0"
+    for module in (ref, ours):
+        module.eval()  # no dropout draws between layers
+        torch.nn.utils.parametrize.register_parametrization(module, weight, _Doubled())
+    args = sample_input(name, ours)
+    want, got = _first_tensor(ref(*args)), _first_tensor(ours(*args))
+    torch.testing.assert_close(got, want)
+    want.sum().backward()
+    got.sum().backward()
+    original = lambda m: getattr(m.parametrizations, weight).original  # noqa: E731
+    torch.testing.assert_close(original(ours).grad, original(ref).grad)

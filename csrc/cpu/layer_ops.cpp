@@ -152,40 +152,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const int64_t GH = L.G * L.H;
   const Tensor xc = in_compute(x, ct), wih = in_compute(w_ih, ct), whh = in_compute(w_hh, ct);
 
-  // The bias as the input projection carries it: b_ih + b_hh, except GRU's
-  // b_hn, which the reset gate multiplies and so stays in the loop.
-  Tensor bias, b_hn;
-  if (L.bias) {
-    const int64_t folded = L.mode == Mode::GRU ? 2 * L.H : GH;
-    const Tensor bhh = in_compute(*b_hh, ct);
-    bias = in_compute(*b_ih, ct).clone();
-    bias.narrow(0, 0, folded).add_(bhh.narrow(0, 0, folded));
-    if (L.mode == Mode::GRU) b_hn = bhh.narrow(0, folded, L.H).contiguous();
-  }
   const LayerDims dims = dims_of(L, batch_sizes, reverse);
-
   const Tensor h0c = in_compute(h0, ct);
   Tensor h = state_copy(h0, ct);
   Tensor c = L.mode == Mode::LSTM ? state_copy(*c0, ct) : Tensor();
   Tensor y = at::empty({L.N, L.P}, xc.options());
   Tensor ws = at::empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, xc.options());
 
-  // One step (a cell): h0 @ W_hh^T as one BLAS call instead of packing W_hh.
+  // One step (a cell) packs nothing: packing W_hh would cost as much as the
+  // step. gx = x @ W_ih^T + b_ih and gh0 = h0 @ W_hh^T + b_hh are one BLAS
+  // call each, every bias with its own product (GRU's b_hn sits in gh0's n
+  // columns, inside the reset gate's product, as the loop expects).
   const bool single = L.T == 1;
-  const Tensor gh0 = single ? at::mm(h0c, whh.t()) : Tensor();
+  auto product = [&](const Tensor& a, const Tensor& w, const OptTensor& b) {
+    return L.bias ? at::addmm(in_compute(*b, ct), a, w.t()) : at::mm(a, w.t());
+  };
+  const Tensor gx_single = single ? product(xc, wih, b_ih) : Tensor();
+  const Tensor gh0 = single ? product(h0c, whh, b_hh) : Tensor();
+
+  // Otherwise the bias as the input projection carries it: b_ih + b_hh, except
+  // GRU's b_hn, which the reset gate multiplies and so stays in the loop.
+  Tensor bias, b_hn;
+  if (L.bias && !single) {
+    const int64_t folded = L.mode == Mode::GRU ? 2 * L.H : GH;
+    const Tensor bhh = in_compute(*b_hh, ct);
+    bias = in_compute(*b_ih, ct).clone();
+    bias.narrow(0, 0, folded).add_(bhh.narrow(0, 0, folded));
+    if (L.mode == Mode::GRU) b_hn = bhh.narrow(0, folded, L.H).contiguous();
+  }
 
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_fwd", [&] {
     Tensor whh_storage, whr_storage, wih_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     // Input projection: per step inside the loop, or here for every token in
-    // one product (steps.h, project_per_step); a single step uses BLAS, which
-    // for B rows costs less than packing W_ih.
+    // one product (steps.h, project_per_step).
     const bool per_step = project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
                                            sizeof(scalar_t));
-    Tensor gx;
-    if (single) {
-      gx = L.bias ? at::addmm(bias, xc, wih.t()) : at::mm(xc, wih.t());
-    } else if (!per_step) {
+    Tensor gx = gx_single;
+    if (!single && !per_step) {
       gx = L.bias ? bias.expand({L.N, GH}).contiguous() : at::empty({L.N, GH}, xc.options());
       gemm<scalar_t>(L.N, GH, L.I, ptr(xc), L.I, false, ptr(wih), true, ptr(gx), GH, L.bias);
     }
