@@ -1,6 +1,8 @@
-"""Quick CPU comparison: one fastrnn `cpu` layer vs torch.nn's single layer.
+"""Quick CPU comparison: a one-layer fastrnn module (the `cpu` backend) vs torch.nn's.
 
-Same weights and inputs; calls are interleaved (torch, fastrnn, torch, ...) so
+The fastrnn module is the torch.nn module's twin (same state_dict), called
+the way users call it, so its Python overhead is timed too. Same weights and
+inputs; calls are interleaved (torch, fastrnn, torch, ...) so
 drift in machine load hits both; the median of each is reported. On a shared
 machine, `--clock cpu` times with the process CPU clock instead of the wall
 clock, which ignores time spent descheduled (meaningful with --threads 1 only:
@@ -16,16 +18,18 @@ import time
 
 import torch
 
-from fastrnn import _ops
-from fastrnn.backends.base import LayerSpec, LayerWeights
+import fastrnn
 
-TORCH_MODULES = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}
+CLASSES = {"LSTM": "LSTM", "GRU": "GRU", "RNN_TANH": "RNN", "RNN_RELU": "RNN"}
 
 
-def torch_module(mode: str, size: int, hidden: int) -> torch.nn.Module:
-    if mode in TORCH_MODULES:
-        return TORCH_MODULES[mode](size, hidden)
-    return torch.nn.RNN(size, hidden, nonlinearity="tanh" if mode == "RNN_TANH" else "relu")
+def module_pair(mode: str, size: int, hidden: int):
+    """(torch.nn module, fastrnn twin with the same weights)."""
+    kwargs = {} if CLASSES[mode] != "RNN" else {"nonlinearity": mode[4:].lower()}
+    ref = getattr(torch.nn, CLASSES[mode])(size, hidden, **kwargs)
+    ours = getattr(fastrnn, CLASSES[mode])(size, hidden, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
 
 
 def median_times(fns, repeats: int, clock) -> list[float]:
@@ -39,33 +43,23 @@ def median_times(fns, repeats: int, clock) -> list[float]:
 
 
 def case(mode: str, batch: int, hidden: int, steps: int, train: bool, repeats: int, clock):
-    module = torch_module(mode, hidden, hidden)
-    x = torch.randn(steps, batch, hidden)
-    spec = LayerSpec(mode, hidden, hidden)
-    weights = LayerWeights(module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0,
-                           module.bias_hh_l0, None)
-    h0 = torch.zeros(batch, hidden)
-    c0 = torch.zeros(batch, hidden) if mode == "LSTM" else None
-    sizes = torch.full((steps,), batch, dtype=torch.int64)
-    rows = x.reshape(steps * batch, hidden)
-    if train:
-        x.requires_grad_()
+    ref, ours = module_pair(mode, hidden, hidden)
+    x = torch.randn(steps, batch, hidden, requires_grad=train)
 
-    def run_torch():
-        with torch.set_grad_enabled(train):
-            y = module(x)[0]
-            if train:
-                y.sum().backward()
+    def runner(module):
+        def run():
+            with torch.set_grad_enabled(train):
+                y = module(x)[0]
+                if train:
+                    y.sum().backward()
+        return run
 
-    def run_fastrnn():
-        with torch.set_grad_enabled(train):
-            y = _ops.layer(spec, rows, sizes, h0, c0, weights, False)[0]
-            if train:
-                y.sum().backward()
-
-    for fn in (run_torch, run_fastrnn):  # warm-up (allocator, MKL/oneDNN primitives)
+    fns = [runner(ref), runner(ours)]
+    for fn in fns:  # warm-up (allocator, MKL/oneDNN primitives)
         fn()
-    return median_times([run_torch, run_fastrnn], repeats, clock)
+    if ours.last_backend != "cpu":
+        raise SystemExit(f"fastrnn ran on {ours.last_backend!r}, not the cpu backend")
+    return median_times(fns, repeats, clock)
 
 
 def main() -> None:

@@ -103,4 +103,9 @@ def run_stack(
         layer_input = outputs[0] if dirs == 1 else torch.cat(outputs, dim=1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    return layer_input, torch.stack(h_n), (torch.stack(c_n) if cx is not None else None)
+    return layer_input, _stack(h_n), (_stack(c_n) if cx is not None else None)
+
+
+def _stack(states: list[Tensor]) -> Tensor:
+    # One layer and direction (the common case) needs no copy, just a view.
+    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)

@@ -59,7 +59,7 @@ class _FusedCell:
             False,
             used,
         )
-        self.last_backend = used[0]
+        self.__dict__["last_backend"] = used[0]  # as in rnn.py: no Module.__setattr__
         if not is_batched:
             h = h.squeeze(0)
             c = c.squeeze(0) if lstm else None
