@@ -77,30 +77,33 @@ def run_stack(
     """
     dirs = 2 if bidirectional else 1
     per = len(flat_weights) // (num_layers * dirs)
+    has_proj = proj_size > 0
     layer_input = x.contiguous()
+    h0s = hx.unbind(0)  # (L*D) views, one call
+    c0s = cx.unbind(0) if cx is not None else None
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     for layer in range(num_layers):
-        idx = [layer * dirs + d for d in range(dirs)]
+        first = layer * dirs
         weights = [
-            split_weights(flat_weights[i * per : (i + 1) * per], bias, proj_size > 0) for i in idx
+            split_weights(flat_weights[i * per : (i + 1) * per], bias, has_proj)
+            for i in range(first, first + dirs)
         ]
-        h0 = [hx[i].contiguous() for i in idx]
-        c0 = [None if cx is None else cx[i].contiguous() for i in idx]
+        h0 = h0s[first : first + dirs]
+        c0 = c0s[first : first + dirs] if c0s is not None else (None,) * dirs
         spec = LayerSpec(mode, layer_input.shape[1], hidden_size, proj_size, bias)
         backend = select_backend(spec, layer_input, used)
         if dirs == 2:  # one call, so a backend can run the directions together
             results = backend.bidirectional_layer(
-                spec, layer_input, batch_sizes, tuple(h0), tuple(c0), tuple(weights)
+                spec, layer_input, batch_sizes, h0, c0, tuple(weights)
             )
         else:
-            results = [
-                backend.layer(spec, layer_input, batch_sizes, h0[0], c0[0], weights[0], False)
-            ]
-        outputs = [y for y, _, _ in results]
-        h_n.extend(h for _, h, _ in results)
-        c_n.extend(c for _, _, c in results if c is not None)
-        layer_input = outputs[0] if dirs == 1 else torch.cat(outputs, dim=1)
+            results = (backend.layer(spec, layer_input, batch_sizes, h0[0], c0[0], weights[0], False),)
+        for y, h, c in results:
+            h_n.append(h)
+            if c is not None:
+                c_n.append(c)
+        layer_input = results[0][0] if dirs == 1 else torch.cat([r[0] for r in results], dim=1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
     return layer_input, _stack(h_n), (_stack(c_n) if cx is not None else None)
