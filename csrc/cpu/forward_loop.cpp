@@ -8,6 +8,7 @@
 // cell outputs through W_hr into y and h. Scratch is allocated once per call.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
@@ -22,18 +23,18 @@ namespace {
 using at::vec::Vectorized;
 namespace ws_col = workspace;
 
-template <typename S, Mode M>
+template <typename S, Mode M, bool bf16>
 void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& a,
                   const Part& part) {
   using V = Vectorized<S>;
   const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
   const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr_t.data != nullptr;
-  std::vector<S> gh(a.whh_t.data ? (b1 - b0) * GH : 0);
+  std::vector<S> gh(a.gh0 != nullptr && d.T == 1 ? 0 : (b1 - b0) * GH);
   std::vector<S> gx_step(a.gx ? 0 : (b1 - b0) * GH);  // this step's projection (per-step form)
   // fn(operand's columns, first column) for the columns of every gate this
   // part computes: all of them, or units [j0, j1) of each gate.
-  auto for_part_columns = [&](const Packed<S>& w, auto&& fn) {
+  auto for_part_columns = [&](const auto& w, auto&& fn) {
     if (j1 - j0 == H) return fn(w, int64_t{0});
     for (int64_t g = 0; g < gates(M); ++g)
       fn(packed_columns(w, g * H + j0, j1 - j0), g * H + j0);
@@ -55,22 +56,42 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     part.sync->wait();  // every slice of h_{t-1} written
     const bool given = s == 0 && a.gh0 != nullptr;  // first step's h0 @ W_hh^T precomputed
     const S* gh_rows = given ? a.gh0 + b0 * GH : gh.data();
-    auto recurrent = [&](const Packed<S>& w, S* out) {  // out[0:live] = h_{t-1} @ w
-      small_gemm<S>(carried, y_prev, P, w, 0, P, out, GH, /*accumulate=*/false);
-      small_gemm<S>(live - carried, a.h0 + (b0 + carried) * P, P, w, 0, P, out + carried * GH,
-                    GH, false);
+    // out[0:live] = h_{t-1} @ w, rows carried from y_prev and rows joining from h0.
+    auto recurrent = [&](const auto& w, S* out) {
+      if constexpr (bf16) {
+        const uint16_t* y16_prev = s == 0 ? nullptr : a.bf16.y + (y_prev - a.y);
+        small_gemm_bf16(carried, y16_prev, P, w, out, GH, /*accumulate=*/false);
+        small_gemm_bf16(live - carried, a.bf16.h0 + (b0 + carried) * P, P, w,
+                        out + carried * GH, GH, false);
+      } else {
+        small_gemm<S>(carried, y_prev, P, w, 0, P, out, GH, /*accumulate=*/false);
+        small_gemm<S>(live - carried, a.h0 + (b0 + carried) * P, P, w, 0, P,
+                      out + carried * GH, GH, false);
+      }
     };
-    if (!given)
-      for_part_columns(a.whh_t, [&](const Packed<S>& w, int64_t c0) { recurrent(w, gh.data() + c0); });
+    if (!given) {
+      if constexpr (bf16)
+        for_part_columns(a.bf16.whh_t, [&](const auto& w, int64_t c0) { recurrent(w, gh.data() + c0); });
+      else
+        for_part_columns(a.whh_t, [&](const auto& w, int64_t c0) { recurrent(w, gh.data() + c0); });
+    }
     const S* gx_rows = a.gx ? a.gx + n0 * GH : gx_step.data();
     if (!a.gx) {  // gx_step[0:live] = bias + x_t @ W_ih^T
-      for_part_columns(a.wih_t, [&](const Packed<S>& w, int64_t c0) {
+      auto project = [&](const auto& w, int64_t c0) {
         if (a.bias)
           for (int64_t r = 0; r < live; ++r)
             std::memcpy(gx_step.data() + r * GH + c0, a.bias + c0, sizeof(S) * w.n);
-        small_gemm<S>(live, a.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,
-                      /*accumulate=*/a.bias != nullptr);
-      });
+        if constexpr (bf16)
+          small_gemm_bf16(live, a.bf16.x + n0 * w.K, w.K, w, gx_step.data() + c0, GH,
+                          /*accumulate=*/a.bias != nullptr);
+        else
+          small_gemm<S>(live, a.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,
+                        /*accumulate=*/a.bias != nullptr);
+      };
+      if constexpr (bf16)
+        for_part_columns(a.bf16.wih_t, project);
+      else
+        for_part_columns(a.wih_t, project);
     }
 
     for (int64_t r = 0; r < live; ++r) {
@@ -123,6 +144,11 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
       });
     }
 
+    if constexpr (bf16) {  // this part's columns of y, as the next step's bf16 operand
+      for (int64_t r = 0; r < live; ++r)
+        to_bf16_row(a.y + (n0 + r) * P + j0, a.bf16.y + (n0 + r) * P + j0, j1 - j0);
+    }
+
     if (project) {
       S* y = a.y + n0 * P;
       small_gemm<S>(live, h_cell.data(), H, a.whr_t, 0, H, y, P, /*accumulate=*/false);
@@ -136,8 +162,12 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
 template <typename S>
 void forward_loop(const LayerDims& d, const ForwardArgs<S>& a) {
   const Steps steps(d);
+  constexpr bool has_bf16 = std::is_same_v<S, float> && kBf16Products;
   for_each_part<S>(d, [&](auto mode, const Part& part) {
-    forward_part<S, decltype(mode)::value>(d, steps, a, part);
+    if (has_bf16 && a.bf16.whh_t.data != nullptr)
+      forward_part<S, decltype(mode)::value, has_bf16>(d, steps, a, part);
+    else
+      forward_part<S, decltype(mode)::value, false>(d, steps, a, part);
   });
 }
 

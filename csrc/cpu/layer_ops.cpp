@@ -19,6 +19,7 @@
 #include "fastrnn/cpu/gemm.h"
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/small_gemm_bf16.h"
 #include "fastrnn/cpu/steps.h"
 #include "fastrnn/workspace.h"
 
@@ -139,6 +140,18 @@ Packed<S> packed(const Tensor& src, int64_t K, int64_t n, bool transpose, Tensor
   return Packed<S>{storage.data_ptr<S>(), K, n};
 }
 
+// The bit patterns of a bfloat16 tensor, for the framework-free kernels.
+const uint16_t* bits(const Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
+// W^T packed for small_gemm_bf16, W (n, K) bfloat16; `storage` keeps the memory alive.
+PackedBf16 packed_bf16(const Tensor& w, int64_t K, int64_t n, Tensor& storage) {
+  storage = at::empty({packed_size_bf16(K, n)}, w.options());
+  pack_transposed_bf16(bits(w), K, n, const_cast<uint16_t*>(bits(storage)));
+  return PackedBf16{bits(storage), K, n};
+}
+
 LayerDims dims_of(const Layer& L, const Tensor& batch_sizes, bool reverse) {
   return LayerDims{L.mode, L.T, L.B, L.N, L.H, L.P, batch_sizes.data_ptr<int64_t>(), reverse};
 }
@@ -150,20 +163,38 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto ct = compute_type(x);
   const int64_t GH = L.G * L.H;
-  const Tensor xc = in_compute(x, ct), wih = in_compute(w_ih, ct), whh = in_compute(w_hh, ct);
-
   const LayerDims dims = dims_of(L, batch_sizes, reverse);
+  const bool single = L.T == 1;
+  // Input projection: per step inside the loop, or before it for every token
+  // in one product (steps.h, project_per_step).
+  const bool per_step =
+      !single && project_per_step(dims, L.I,
+                                  ct == at::kDouble ? at::vec::Vectorized<double>::size()
+                                                    : at::vec::Vectorized<float>::size(),
+                                  at::elementSize(ct));
+  // A bfloat16 layer's products on bf16 dot products (small_gemm_bf16.h), where
+  // the CPU has them: T > 1, no projection, even I and P (operands are read in
+  // pairs). The loop then writes the bfloat16 output itself, and fp32 copies
+  // of x and the weights are made only for the products that still read them.
+  const bool bf16_products = kBf16Products && x.scalar_type() == at::kBFloat16 && !single &&
+                             !L.project && L.I % 2 == 0 && L.P % 2 == 0;
+  const bool fp32_input = !(bf16_products && per_step);
+  const Tensor xc = fp32_input ? in_compute(x, ct) : Tensor();
+  const Tensor wih = fp32_input ? in_compute(w_ih, ct) : Tensor();
+  const Tensor whh = bf16_products ? Tensor() : in_compute(w_hh, ct);
+  const auto opts = x.options().dtype(ct);
+
   const Tensor h0c = in_compute(h0, ct);
   Tensor h = state_copy(h0, ct);
   Tensor c = L.mode == Mode::LSTM ? state_copy(*c0, ct) : Tensor();
-  Tensor y = at::empty({L.N, L.P}, xc.options());
-  Tensor ws = at::empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, xc.options());
+  Tensor y = at::empty({L.N, L.P}, opts);
+  Tensor ws = at::empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, opts);
+  const Tensor y16 = bf16_products ? at::empty({L.N, L.P}, x.options()) : Tensor();
 
   // One step (a cell) packs nothing: packing W_hh would cost as much as the
   // step. gx = x @ W_ih^T + b_ih and gh0 = h0 @ W_hh^T + b_hh are one BLAS
   // call each, every bias with its own product (GRU's b_hn sits in gh0's n
   // columns, inside the reset gate's product, as the loop expects).
-  const bool single = L.T == 1;
   auto product = [&](const Tensor& a, const Tensor& w, const OptTensor& b) {
     return L.bias ? at::addmm(in_compute(*b, ct), a, w.t()) : at::mm(a, w.t());
   };
@@ -182,25 +213,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   }
 
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_fwd", [&] {
-    Tensor whh_storage, whr_storage, wih_storage;
+    Tensor whh_storage, whr_storage, wih_storage, whh16_storage, wih16_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-    // Input projection: per step inside the loop, or here for every token in
-    // one product (steps.h, project_per_step).
-    const bool per_step = project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
-                                           sizeof(scalar_t));
     Tensor gx = gx_single;
     if (!single && !per_step) {
-      gx = L.bias ? bias.expand({L.N, GH}).contiguous() : at::empty({L.N, GH}, xc.options());
+      gx = L.bias ? bias.expand({L.N, GH}).contiguous() : at::empty({L.N, GH}, opts);
       gemm<scalar_t>(L.N, GH, L.I, ptr(xc), L.I, false, ptr(wih), true, ptr(gx), GH, L.bias);
+    }
+    typename ForwardArgs<scalar_t>::Bf16Operands bf16{};
+    if (bf16_products) {
+      bf16 = {bits(x), per_step ? packed_bf16(w_ih, L.I, GH, wih16_storage) : PackedBf16{},
+              packed_bf16(w_hh, L.P, GH, whh16_storage), bits(h0),
+              const_cast<uint16_t*>(bits(y16))};
     }
     ForwardArgs<scalar_t> args{
         ptr(gx),
         ptr(xc),
-        per_step ? packed<scalar_t>(wih, L.I, GH, /*transpose=*/true, wih_storage)
-                 : Packed<scalar_t>{nullptr, L.I, GH},
+        per_step && !bf16_products
+            ? packed<scalar_t>(wih, L.I, GH, /*transpose=*/true, wih_storage)
+            : Packed<scalar_t>{nullptr, L.I, GH},
         ptr(bias),
-        single ? Packed<scalar_t>{nullptr, L.P, GH}
-               : packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
+        single || bf16_products
+            ? Packed<scalar_t>{nullptr, L.P, GH}
+            : packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
         single ? gh0.data_ptr<scalar_t>() : nullptr,
         ptr(b_hn),
         h0c.data_ptr<scalar_t>(),
@@ -209,13 +244,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
         h.data_ptr<scalar_t>(),
         c.defined() ? c.data_ptr<scalar_t>() : nullptr,
         y.data_ptr<scalar_t>(),
-        save ? ws.data_ptr<scalar_t>() : nullptr};
+        save ? ws.data_ptr<scalar_t>() : nullptr,
+        bf16};
     forward_loop<scalar_t>(dims, args);
   });
 
   const auto out = x.scalar_type();
   Tensor c_n = c.defined() ? c.to(out) : at::empty({0}, x.options());
-  return {y.to(out), h.to(out), c_n, ws};
+  return {bf16_products ? y16 : y.to(out), h.to(out), c_n, ws};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_bwd(

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/small_gemm_bf16.h"
 #include "fastrnn/workspace.h"
 
 namespace fastrnn::cpu {
@@ -49,6 +50,17 @@ struct ForwardArgs {
   S* c;             // (B, H) in: c0, out: c_n; LSTM only, else null
   S* y;             // (N, P) out: h of every token
   S* ws;            // (N, workspace::columns(mode, H)) out, or null (inference)
+  // A bfloat16 layer's products on bf16 dot products (small_gemm_bf16.h) when
+  // bf16.whh_t.data is set (S = float, T > 1, no projection): x_t and h_{t-1}
+  // enter the products as bfloat16, as in torch.nn's bfloat16 kernels; sums,
+  // gates and state stay fp32. Then whh_t (and wih_t) above are unused.
+  struct Bf16Operands {
+    const uint16_t* x;   // (N, I) the input
+    PackedBf16 wih_t;    // W_ih^T, when projecting per step
+    PackedBf16 whh_t;    // W_hh^T
+    const uint16_t* h0;  // (B, P)
+    uint16_t* y;         // (N, P) out: y rounded to bfloat16 (the op's output)
+  } bf16;
 };
 
 template <typename S>

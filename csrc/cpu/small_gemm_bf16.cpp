@@ -1,0 +1,131 @@
+// bfloat16-operand small GEMM (interface and contract: fastrnn/cpu/small_gemm_bf16.h).
+// The same register blocking as small_gemm.cpp: a block of R rows x NB
+// vectors of C stays in registers for the whole reduction; each k pair loads
+// NB packed vectors once and broadcasts one (A[r, 2i], A[r, 2i+1]) pair per row.
+#include "fastrnn/cpu/small_gemm_bf16.h"
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+namespace fastrnn::cpu {
+
+int64_t packed_size_bf16(int64_t K, int64_t n) { return (n + 15) / 16 * 16 * K; }
+
+void pack_transposed_bf16(const uint16_t* w, int64_t K, int64_t n, uint16_t* dst) {
+  // A panel is the transpose of 16 rows of W read as K/2 32-bit pairs: the
+  // 16x16 float transpose moves those words unchanged (no arithmetic).
+  const int64_t pairs = K / 2;
+  if (n % 16 != 0) {
+    uint16_t* last = dst + (n / 16) * 16 * K;
+    std::fill(last, last + 16 * K, uint16_t{0});
+  }
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    const int width = static_cast<int>(std::min<int64_t>(16, n - j0));
+    at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(w + j0 * K), pairs,
+                                  reinterpret_cast<float*>(dst + j0 * K), 16, width,
+                                  static_cast<int>(pairs));
+  }
+}
+
+void to_bf16_row(const float* src, uint16_t* dst, int64_t n) {
+  int64_t j = 0;
+#if defined(__AVX512BF16__)
+  // to_bf16 on 16 lanes: bits + 0x7fff + (bit 16), high halves; NaN -> 0x7fc0.
+  const __m512i round = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+  const __m512i qnan = _mm512_set1_epi32(0x7fc0);
+  for (; j + 16 <= n; j += 16) {
+    const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(src + j));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, round), lsb), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+    r = _mm512_mask_mov_epi32(r, nan, qnan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), _mm512_cvtepi32_epi16(r));
+  }
+#endif
+  for (; j < n; ++j) dst[j] = to_bf16(src[j]);
+}
+
+#if defined(__AVX512BF16__)
+namespace {
+
+constexpr int kMaxRows = 8;
+
+template <int R, int NB>
+void block(int64_t pairs, const uint16_t* A, int64_t lda, const uint16_t* Bp,
+           int64_t panel_stride, float* C, int64_t ldc, int64_t n_valid, bool accumulate) {
+  __m512 acc[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < pairs; ++i) {
+    __m512i b[NB];
+    for (int v = 0; v < NB; ++v) b[v] = _mm512_loadu_si512(Bp + v * panel_stride + i * 32);
+    for (int r = 0; r < R; ++r) {
+      int32_t pair;
+      memcpy(&pair, A + r * lda + 2 * i, sizeof pair);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < NB; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, (__m512bh)b[v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NB; ++v) {
+      const int64_t count = std::min<int64_t>(16, n_valid - v * 16);
+      if (count <= 0) break;
+      const __mmask16 mask = static_cast<__mmask16>((1u << count) - 1u);
+      float* c = C + r * ldc + v * 16;
+      __m512 out = acc[r][v];
+      if (accumulate) out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(mask, c));
+      _mm512_mask_storeu_ps(c, mask, out);
+    }
+  }
+}
+
+template <int R, int NB>
+int64_t blocks(const uint16_t* A, int64_t lda, const PackedBf16& B, float* C, int64_t ldc,
+               bool accumulate, int64_t p) {
+  const int64_t panels = (B.n + 15) / 16, stride = B.K * 16;
+  for (; p + NB <= panels; p += NB)
+    block<R, NB>(B.K / 2, A, lda, B.data + p * stride, stride, C + p * 16, ldc,
+                 std::min<int64_t>(NB * 16, B.n - p * 16), accumulate);
+  return p;
+}
+
+template <int R>
+void row_block(const uint16_t* A, int64_t lda, const PackedBf16& B, float* C, int64_t ldc,
+               bool accumulate) {
+  constexpr int NB = R <= 2 ? 8 : R <= 4 ? 4 : 2;
+  int64_t p = blocks<R, NB>(A, lda, B, C, ldc, accumulate, 0);
+  if constexpr (NB > 4) p = blocks<R, 4>(A, lda, B, C, ldc, accumulate, p);
+  if constexpr (NB > 2) p = blocks<R, 2>(A, lda, B, C, ldc, accumulate, p);
+  blocks<R, 1>(A, lda, B, C, ldc, accumulate, p);
+}
+
+}  // namespace
+
+void small_gemm_bf16(int64_t rows, const uint16_t* A, int64_t lda, const PackedBf16& B, float* C,
+                     int64_t ldc, bool accumulate) {
+  for (int64_t r = 0; r < rows; r += kMaxRows) {
+    const uint16_t* a = A + r * lda;
+    float* c = C + r * ldc;
+    switch (std::min<int64_t>(kMaxRows, rows - r)) {
+      case 1: row_block<1>(a, lda, B, c, ldc, accumulate); break;
+      case 2: row_block<2>(a, lda, B, c, ldc, accumulate); break;
+      case 3: row_block<3>(a, lda, B, c, ldc, accumulate); break;
+      case 4: row_block<4>(a, lda, B, c, ldc, accumulate); break;
+      case 5: row_block<5>(a, lda, B, c, ldc, accumulate); break;
+      case 6: row_block<6>(a, lda, B, c, ldc, accumulate); break;
+      case 7: row_block<7>(a, lda, B, c, ldc, accumulate); break;
+      default: row_block<8>(a, lda, B, c, ldc, accumulate); break;
+    }
+  }
+}
+#else
+void small_gemm_bf16(int64_t, const uint16_t*, int64_t, const PackedBf16&, float*, int64_t, bool) {}
+#endif
+
+}  // namespace fastrnn::cpu
