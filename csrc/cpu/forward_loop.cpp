@@ -23,6 +23,13 @@ namespace {
 using at::vec::Vectorized;
 namespace ws_col = workspace;
 
+// The operand a product reads: its bfloat16 form in a bf16 instantiation.
+template <bool bf16, typename Bf16, typename Other>
+const auto& pick(const Bf16& bf16_form, const Other& other) {
+  if constexpr (bf16) return bf16_form;
+  else return other;
+}
+
 template <typename S, Mode M, bool bf16>
 void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& a,
                   const Part& part) {
@@ -58,7 +65,7 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     const S* gh_rows = given ? a.gh0 + b0 * GH : gh.data();
     // out[0:live] = h_{t-1} @ w, rows carried from y_prev and rows joining from h0.
     auto recurrent = [&](const auto& w, S* out) {
-      if constexpr (bf16) {
+      if constexpr (bf16) {  // the same rows of the bf16 copy of y
         const uint16_t* y16_prev = s == 0 ? nullptr : a.bf16.y + (y_prev - a.y);
         small_gemm_bf16(carried, y16_prev, P, w, out, GH, /*accumulate=*/false);
         small_gemm_bf16(live - carried, a.bf16.h0 + (b0 + carried) * P, P, w,
@@ -69,12 +76,9 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
                       out + carried * GH, GH, false);
       }
     };
-    if (!given) {
-      if constexpr (bf16)
-        for_part_columns(a.bf16.whh_t, [&](const auto& w, int64_t c0) { recurrent(w, gh.data() + c0); });
-      else
-        for_part_columns(a.whh_t, [&](const auto& w, int64_t c0) { recurrent(w, gh.data() + c0); });
-    }
+    if (!given)
+      for_part_columns(pick<bf16>(a.bf16.whh_t, a.whh_t),
+                       [&](const auto& w, int64_t c0) { recurrent(w, gh.data() + c0); });
     const S* gx_rows = a.gx ? a.gx + n0 * GH : gx_step.data();
     if (!a.gx) {  // gx_step[0:live] = bias + x_t @ W_ih^T
       auto project = [&](const auto& w, int64_t c0) {
@@ -88,10 +92,7 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
           small_gemm<S>(live, a.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,
                         /*accumulate=*/a.bias != nullptr);
       };
-      if constexpr (bf16)
-        for_part_columns(a.bf16.wih_t, project);
-      else
-        for_part_columns(a.wih_t, project);
+      for_part_columns(pick<bf16>(a.bf16.wih_t, a.wih_t), project);
     }
 
     for (int64_t r = 0; r < live; ++r) {
