@@ -17,7 +17,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import fastrnn
 
-INPUT, HIDDEN, PROJ = 5, 7, 3
+# (input_size, hidden_size, proj_size): odd sizes exercise every vector and
+# register-block tail; even ones are what bfloat16 layers need for the CPU
+# kernel's bf16 products (operands read in pairs).
+SIZES = {"odd": (5, 7, 3), "even": (6, 8, 4)}
 LONG = 17
 
 KINDS = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM", "LSTM_PROJ")
@@ -31,6 +34,7 @@ FACTORS = {
     "steps": (1, LONG),
     "batch": (1, 4),
     "dtype": (torch.float64, torch.float32, torch.bfloat16),
+    "sizes": tuple(SIZES),
 }
 
 # (rtol, atol) against torch.nn in the same dtype. bfloat16 is judged against a
@@ -50,14 +54,27 @@ class Case:
     steps: int
     batch: int
     dtype: torch.dtype
+    sizes: str
 
     def __str__(self) -> str:
         dt = str(self.dtype).replace("torch.", "")
         return (
             f"{self.kind}-L{self.layers}-{'bi' if self.bidirectional else 'uni'}"
             f"-{'bf' if self.batch_first else 'tf'}-{'bias' if self.bias else 'nobias'}-{self.form}"
-            f"-{'hx' if self.hx else 'nohx'}-T{self.steps}-B{self.batch}-{dt}"
+            f"-{'hx' if self.hx else 'nohx'}-T{self.steps}-B{self.batch}-{dt}-{self.sizes}"
         )
+
+    @property
+    def input_size(self) -> int:
+        return SIZES[self.sizes][0]
+
+    @property
+    def hidden_size(self) -> int:
+        return SIZES[self.sizes][1]
+
+    @property
+    def out_size(self) -> int:
+        return SIZES[self.sizes][2] if self.kind == "LSTM_PROJ" else self.hidden_size
 
     @property
     def lstm(self) -> bool:
@@ -105,11 +122,11 @@ def make_pair(case: Case, device: str):
         bidirectional=case.bidirectional,
     )
     if case.kind == "LSTM_PROJ":
-        kwargs["proj_size"] = PROJ
+        kwargs["proj_size"] = case.out_size
     if mode == "RNN":
         kwargs["nonlinearity"] = "relu" if case.kind == "RNN_RELU" else "tanh"
-    ref = getattr(nn, mode)(INPUT, HIDDEN, **kwargs).to(device, case.dtype)
-    ours = getattr(fastrnn, mode)(INPUT, HIDDEN, **kwargs).to(device, case.dtype)
+    ref = getattr(nn, mode)(case.input_size, case.hidden_size, **kwargs).to(device, case.dtype)
+    ours = getattr(fastrnn, mode)(case.input_size, case.hidden_size, **kwargs).to(device, case.dtype)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -119,9 +136,9 @@ def make_inputs(case: Case, device: str, seed: int):
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
     dirs = 2 if case.bidirectional else 1
-    out_size = PROJ if case.kind == "LSTM_PROJ" else HIDDEN
+    out_size = case.out_size
     batch = 1 if case.form == "unbatched" else case.batch
-    shape = (batch, case.steps, INPUT) if case.batch_first else (case.steps, batch, INPUT)
+    shape = (batch, case.steps, case.input_size) if case.batch_first else (case.steps, batch, case.input_size)
     x = rand(*shape)
     if case.form == "unbatched":
         x = x.squeeze(0 if case.batch_first else 1)
@@ -132,12 +149,12 @@ def make_inputs(case: Case, device: str, seed: int):
     hx = None
     if case.hx:
         state = (case.layers * dirs,) if case.form == "unbatched" else (case.layers * dirs, batch)
-        hx = [rand(*state, out_size)] + ([rand(*state, HIDDEN)] if case.lstm else [])
+        hx = [rand(*state, out_size)] + ([rand(*state, case.hidden_size)] if case.lstm else [])
     n_rows = int(lengths.sum()) if case.packed else case.steps * batch
     cot = {
         "out": rand(n_rows, dirs * out_size),
         "h": rand(case.layers * dirs, batch, out_size),
-        "c": rand(case.layers * dirs, batch, HIDDEN),
+        "c": rand(case.layers * dirs, batch, case.hidden_size),
     }
     to = lambda t: t.to(device)  # noqa: E731
     return to(x), lengths, None if hx is None else [to(h) for h in hx], {k: to(v) for k, v in cot.items()}
