@@ -8,6 +8,7 @@
 // The weight gradients are left to large GEMMs after the loop, which is why
 // the loop also writes h_prev (and, projecting, dy_total and h_cell) per token.
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
@@ -22,7 +23,7 @@ namespace {
 using at::vec::Vectorized;
 namespace ws_col = workspace;
 
-template <typename S, Mode M>
+template <typename S, Mode M, bool bf16>
 void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>& a,
                    const Part& part) {
   using V = Vectorized<S>;
@@ -33,6 +34,8 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
   std::vector<S> dh_cell(project ? (b1 - b0) * H : 0);
   // The columns of W_hh (its output side, P) whose dh this part carries.
   const Packed<S> whh = a.whh.data ? packed_columns(a.whh, part.o0, part.o1 - part.o0) : a.whh;
+  const PackedBf16 whh16 =
+      bf16 ? packed_columns(a.bf16.whh, part.o0, part.o1 - part.o0) : a.bf16.whh;
 
   for (int64_t s = d.T - 1; s >= 0; --s) {
     const int64_t t = steps.step(s);
@@ -93,16 +96,31 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
       });
     }
 
-    if (a.whh.data == nullptr) continue;  // T = 1: the caller adds dG_hidden @ W_hh
+    if constexpr (bf16) {  // this part's columns of dg, as the product's bf16 operand
+      for (int64_t r = 0; r < live; ++r)
+        for (int64_t c = j0; c < dgc; c += H)
+          to_bf16_row(a.dg + (n0 + r) * dgc + c, a.bf16.dg + (n0 + r) * dgc + c, j1 - j0);
+    }
+    if (a.whh.data == nullptr && !bf16) continue;  // T = 1: the caller adds dG_hidden @ W_hh
     part.sync->wait();  // every slice of this step's dg written
-    const S* dg0 = a.dg + n0 * dgc;
     S* dh_out = dh + part.o0;
-    if constexpr (M == Mode::GRU) {
-      // Hidden side of GRU is [d r | d z | d h_n]: columns 0..2H and 3H..4H of dg.
-      small_gemm<S>(live, dg0, dgc, whh, 0, 2 * H, dh_out, P, /*accumulate=*/true);
-      small_gemm<S>(live, dg0 + 3 * H, dgc, whh, 2 * H, H, dh_out, P, true);
+    // Hidden side of GRU is [d r | d z | d h_n]: columns 0..2H and 3H..4H of dg.
+    if constexpr (bf16) {
+      const uint16_t* g16 = a.bf16.dg + n0 * dgc;
+      if constexpr (M == Mode::GRU) {
+        small_gemm_bf16(live, g16, dgc, whh16, 0, 2 * H, dh_out, P, /*accumulate=*/true);
+        small_gemm_bf16(live, g16 + 3 * H, dgc, whh16, 2 * H, H, dh_out, P, true);
+      } else {
+        small_gemm_bf16(live, g16, dgc, whh16, 0, GH, dh_out, P, /*accumulate=*/false);
+      }
     } else {
-      small_gemm<S>(live, dg0, dgc, whh, 0, GH, dh_out, P, /*accumulate=*/false);
+      const S* dg0 = a.dg + n0 * dgc;
+      if constexpr (M == Mode::GRU) {
+        small_gemm<S>(live, dg0, dgc, whh, 0, 2 * H, dh_out, P, /*accumulate=*/true);
+        small_gemm<S>(live, dg0 + 3 * H, dgc, whh, 2 * H, H, dh_out, P, true);
+      } else {
+        small_gemm<S>(live, dg0, dgc, whh, 0, GH, dh_out, P, /*accumulate=*/false);
+      }
     }
   }
 }
@@ -112,8 +130,12 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
 template <typename S>
 void backward_loop(const LayerDims& d, const BackwardArgs<S>& a) {
   const Steps steps(d);
+  constexpr bool has_bf16 = std::is_same_v<S, float> && kBf16Products;
   for_each_part<S>(d, [&](auto mode, const Part& part) {
-    backward_part<S, decltype(mode)::value>(d, steps, a, part);
+    if (has_bf16 && a.bf16.whh.data != nullptr)
+      backward_part<S, decltype(mode)::value, has_bf16>(d, steps, a, part);
+    else
+      backward_part<S, decltype(mode)::value, false>(d, steps, a, part);
   });
 }
 

@@ -67,8 +67,8 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     auto recurrent = [&](const auto& w, S* out) {
       if constexpr (bf16) {  // the same rows of the bf16 copy of y
         const uint16_t* y16_prev = s == 0 ? nullptr : a.bf16.y + (y_prev - a.y);
-        small_gemm_bf16(carried, y16_prev, P, w, out, GH, /*accumulate=*/false);
-        small_gemm_bf16(live - carried, a.bf16.h0 + (b0 + carried) * P, P, w,
+        small_gemm_bf16(carried, y16_prev, P, w, 0, P, out, GH, /*accumulate=*/false);
+        small_gemm_bf16(live - carried, a.bf16.h0 + (b0 + carried) * P, P, w, 0, P,
                         out + carried * GH, GH, false);
       } else {
         small_gemm<S>(carried, y_prev, P, w, 0, P, out, GH, /*accumulate=*/false);
@@ -86,7 +86,7 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
           for (int64_t r = 0; r < live; ++r)
             std::memcpy(gx_step.data() + r * GH + c0, a.bias + c0, sizeof(S) * w.n);
         if constexpr (bf16)
-          small_gemm_bf16(live, a.bf16.x + n0 * w.K, w.K, w, gx_step.data() + c0, GH,
+          small_gemm_bf16(live, a.bf16.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,
                           /*accumulate=*/a.bias != nullptr);
         else
           small_gemm<S>(live, a.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,

@@ -295,16 +295,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
 
   // One step (a cell): dh0's W_hh term as one BLAS call below instead of packing W_hh.
   const bool single = L.T == 1;
+  // A bfloat16 layer where the CPU has bf16 dot products: the products take
+  // bfloat16 operands (the loop's dh = dG @ W_hh with H even, and the large
+  // ones below). No projection: its h_cell would need a rounding torch.nn's
+  // bf16 kernels do not make.
+  const bool bf16_products =
+      kBf16Products && x.scalar_type() == at::kBFloat16 && !single && !L.project;
+  const bool bf16_loop = bf16_products && H % 2 == 0;
+  Tensor dg16 = bf16_loop ? at::empty(dg.sizes(), x.options()) : Tensor();
+
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
-    Tensor whh_storage, whr_storage;
+    Tensor whh_storage, whr_storage, whh16_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    typename BackwardArgs<scalar_t>::Bf16Operands bf16{};
+    if (bf16_loop) {
+      whh16_storage = at::empty({packed_size_bf16(GH, L.P)}, w_hh.options());
+      pack_bf16(bits(w_hh), GH, L.P, const_cast<uint16_t*>(bits(whh16_storage)));
+      bf16 = {PackedBf16{bits(whh16_storage), GH, L.P}, const_cast<uint16_t*>(bits(dg16))};
+    }
     BackwardArgs<scalar_t> args{
         ptr(gy), ptr(yc), ptr(h0c), ptr(c0c), ptr(workspace),
-        single ? Packed<scalar_t>{nullptr, GH, L.P}
-               : packed<scalar_t>(whh, GH, L.P, /*transpose=*/false, whh_storage),
+        single || bf16_loop ? Packed<scalar_t>{nullptr, GH, L.P}
+                            : packed<scalar_t>(whh, GH, L.P, /*transpose=*/false, whh_storage),
         L.project ? packed<scalar_t>(in_compute(*w_hr, ct), L.P, H, false, whr_storage)
                   : Packed<scalar_t>{nullptr, 0, 0},
-        ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell)};
+        ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), bf16};
     backward_loop<scalar_t>(dims_of(L, batch_sizes, reverse), args);
   });
 
@@ -318,10 +333,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const std::vector<Range> hidden_side =
       L.mode == Mode::GRU ? std::vector<Range>{{0, 0, 2 * H}, {3 * H, 2 * H, H}}
                           : std::vector<Range>{{0, 0, GH}};
-  // bfloat16 operands for the products (below): no projection (its h_cell
-  // would need a rounding torch.nn's bf16 kernels do not make).
-  const bool bf16_products =
-      kBf16Products && x.scalar_type() == at::kBFloat16 && !single && !L.project;
   Tensor dx, dw_ih, dw_hh, dw_hr;
   if (!bf16_products) {
     dx = at::empty({L.N, L.I}, opts), dw_ih = at::empty({GH, L.I}, opts);
@@ -345,7 +356,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     // ATen's bfloat16 matmul (oneDNN on AVX512-BF16: ~200 GFLOP/s here
     // against 80-110 for fp32), accumulated in fp32 and rounded once to the
     // bfloat16 gradients returned anyway; torch.nn's bf16 kernels do the same.
-    const Tensor dg16 = dg.to(at::kBFloat16), hp16 = h_prev.to(at::kBFloat16);
+    if (!bf16_loop) dg16 = dg.to(at::kBFloat16);  // else the loop wrote it
+    const Tensor hp16 = h_prev.to(at::kBFloat16);
     const Tensor dg16_x = dg16.narrow(1, 0, GH);
     dx = at::mm(dg16_x, w_ih);
     dw_ih = at::mm(dg16_x.t(), x);

@@ -32,6 +32,22 @@ void pack_transposed_bf16(const uint16_t* w, int64_t K, int64_t n, uint16_t* dst
   }
 }
 
+void pack_bf16(const uint16_t* b, int64_t K, int64_t n, uint16_t* dst) {
+  // Lane j of pair i holds (B[2i, j], B[2i+1, j]): two rows interleaved.
+  for (int64_t j0 = 0; j0 < n; j0 += 16) {
+    uint16_t* panel = dst + j0 * K;
+    const int64_t width = std::min<int64_t>(16, n - j0);
+    for (int64_t i = 0; i < K / 2; ++i) {
+      uint16_t* out = panel + i * 32;
+      const uint16_t* even = b + 2 * i * n + j0;
+      for (int64_t j = 0; j < 16; ++j) {
+        out[2 * j] = j < width ? even[j] : uint16_t{0};
+        out[2 * j + 1] = j < width ? even[n + j] : uint16_t{0};
+      }
+    }
+  }
+}
+
 void to_bf16_row(const float* src, uint16_t* dst, int64_t n) {
   int64_t j = 0;
 #if defined(__AVX512BF16__)
@@ -85,47 +101,49 @@ void block(int64_t pairs, const uint16_t* A, int64_t lda, const uint16_t* Bp,
   }
 }
 
+// Pairs [k0 / 2, (k0 + K) / 2) of the panels from panel p on, NB at a time.
 template <int R, int NB>
-int64_t blocks(const uint16_t* A, int64_t lda, const PackedBf16& B, float* C, int64_t ldc,
-               bool accumulate, int64_t p) {
+int64_t blocks(const uint16_t* A, int64_t lda, const PackedBf16& B, int64_t k0, int64_t K,
+               float* C, int64_t ldc, bool accumulate, int64_t p) {
   const int64_t panels = (B.n + 15) / 16, stride = B.K * 16;
   for (; p + NB <= panels; p += NB)
-    block<R, NB>(B.K / 2, A, lda, B.data + p * stride, stride, C + p * 16, ldc,
+    block<R, NB>(K / 2, A, lda, B.data + p * stride + k0 * 16, stride, C + p * 16, ldc,
                  std::min<int64_t>(NB * 16, B.n - p * 16), accumulate);
   return p;
 }
 
 template <int R>
-void row_block(const uint16_t* A, int64_t lda, const PackedBf16& B, float* C, int64_t ldc,
-               bool accumulate) {
+void row_block(const uint16_t* A, int64_t lda, const PackedBf16& B, int64_t k0, int64_t K,
+               float* C, int64_t ldc, bool accumulate) {
   constexpr int NB = R <= 2 ? 8 : R <= 4 ? 4 : 2;
-  int64_t p = blocks<R, NB>(A, lda, B, C, ldc, accumulate, 0);
-  if constexpr (NB > 4) p = blocks<R, 4>(A, lda, B, C, ldc, accumulate, p);
-  if constexpr (NB > 2) p = blocks<R, 2>(A, lda, B, C, ldc, accumulate, p);
-  blocks<R, 1>(A, lda, B, C, ldc, accumulate, p);
+  int64_t p = blocks<R, NB>(A, lda, B, k0, K, C, ldc, accumulate, 0);
+  if constexpr (NB > 4) p = blocks<R, 4>(A, lda, B, k0, K, C, ldc, accumulate, p);
+  if constexpr (NB > 2) p = blocks<R, 2>(A, lda, B, k0, K, C, ldc, accumulate, p);
+  blocks<R, 1>(A, lda, B, k0, K, C, ldc, accumulate, p);
 }
 
 }  // namespace
 
-void small_gemm_bf16(int64_t rows, const uint16_t* A, int64_t lda, const PackedBf16& B, float* C,
-                     int64_t ldc, bool accumulate) {
+void small_gemm_bf16(int64_t rows, const uint16_t* A, int64_t lda, const PackedBf16& B,
+                     int64_t k0, int64_t K, float* C, int64_t ldc, bool accumulate) {
   for (int64_t r = 0; r < rows; r += kMaxRows) {
     const uint16_t* a = A + r * lda;
     float* c = C + r * ldc;
     switch (std::min<int64_t>(kMaxRows, rows - r)) {
-      case 1: row_block<1>(a, lda, B, c, ldc, accumulate); break;
-      case 2: row_block<2>(a, lda, B, c, ldc, accumulate); break;
-      case 3: row_block<3>(a, lda, B, c, ldc, accumulate); break;
-      case 4: row_block<4>(a, lda, B, c, ldc, accumulate); break;
-      case 5: row_block<5>(a, lda, B, c, ldc, accumulate); break;
-      case 6: row_block<6>(a, lda, B, c, ldc, accumulate); break;
-      case 7: row_block<7>(a, lda, B, c, ldc, accumulate); break;
-      default: row_block<8>(a, lda, B, c, ldc, accumulate); break;
+      case 1: row_block<1>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 2: row_block<2>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 3: row_block<3>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 4: row_block<4>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 5: row_block<5>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 6: row_block<6>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      case 7: row_block<7>(a, lda, B, k0, K, c, ldc, accumulate); break;
+      default: row_block<8>(a, lda, B, k0, K, c, ldc, accumulate); break;
     }
   }
 }
 #else
-void small_gemm_bf16(int64_t, const uint16_t*, int64_t, const PackedBf16&, float*, int64_t, bool) {}
+void small_gemm_bf16(int64_t, const uint16_t*, int64_t, const PackedBf16&, int64_t, int64_t,
+                     float*, int64_t, bool) {}
 #endif
 
 }  // namespace fastrnn::cpu

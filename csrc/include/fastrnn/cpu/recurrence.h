@@ -90,6 +90,14 @@ struct BackwardArgs {
   S* h_prev;        // (N, P) out: the h each token's step read (for dW_hh)
   S* dy_total;      // (N, P) out when projecting: dL/dy including the recurrent part
   S* h_cell;        // (N, H) out when projecting: o * tanh(c), the input of W_hr
+  // A bfloat16 layer's per-step product dh = dG_hidden @ W_hh on bf16 dot
+  // products when bf16.whh.data is set (S = float, T > 1, no projection, H
+  // even): dG enters it rounded to bfloat16, as in torch.nn's bf16 kernels.
+  // Then whh above is unused.
+  struct Bf16Operands {
+    PackedBf16 whh;  // W_hh (G*H, P): pack_bf16(w_hh, G*H, P)
+    uint16_t* dg;    // (N, dgate_columns) out: dg rounded to bfloat16
+  } bf16;
 };
 
 template <typename S>

@@ -40,11 +40,14 @@ int64_t packed_size_bf16(int64_t K, int64_t n);
 // dst <- W^T packed, for W (n, K) row-major bfloat16 (a weight used as W^T).
 void pack_transposed_bf16(const uint16_t* w, int64_t K, int64_t n, uint16_t* dst);
 
-// C[r, 0:n] = (accumulate ? C[r, 0:n] : 0) + sum_k A[r, k] * B[k, 0:n]
-//   A (rows, B.K) bfloat16 with row stride lda; C (rows, B.n) fp32, stride ldc.
-// Only with kBf16Products.
-void small_gemm_bf16(int64_t rows, const uint16_t* A, int64_t lda, const PackedBf16& B, float* C,
-                     int64_t ldc, bool accumulate);
+// dst <- B packed, for B (K, n) row-major bfloat16 (a weight used as it is).
+void pack_bf16(const uint16_t* b, int64_t K, int64_t n, uint16_t* dst);
+
+// C[r, 0:n] = (accumulate ? C[r, 0:n] : 0) + sum_{k < K} A[r, k] * B[k0 + k, 0:n]
+//   A (rows, K) bfloat16 with row stride lda; rows k0 .. k0+K-1 of B (k0, K
+//   even); C (rows, B.n) fp32 with row stride ldc. Only with kBf16Products.
+void small_gemm_bf16(int64_t rows, const uint16_t* A, int64_t lda, const PackedBf16& B,
+                     int64_t k0, int64_t K, float* C, int64_t ldc, bool accumulate);
 
 // dst[0:n] = src[0:n] rounded to bfloat16 with to_bf16 (vectorized).
 void to_bf16_row(const float* src, uint16_t* dst, int64_t n);
