@@ -366,15 +366,21 @@ def test_bidirectional_bad_lists_raise():
 
 
 @pytest.mark.parametrize("mode,proj", CONFIGS)
-def test_poisoned_outputs(mode, proj):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_poisoned_outputs(mode, proj, dtype):
     """Every output element is written: with deterministic mode on, torch fills
-    each fresh at::empty buffer (outputs, workspace, scratch) with NaN."""
-    case = make_case(mode, proj, sizes=PACKED, hidden=19)
-    clean = outputs_and_grads(_ops.layer, *case, True, torch.float32)
+    each fresh at::empty buffer (outputs, workspace, scratch) with NaN. The
+    bfloat16 case has even sizes and 9 rows: per-step bf16 products and the
+    loops' bf16 copies of y and dG (small_gemm_bf16.h)."""
+    if dtype == torch.bfloat16:
+        case = make_case(mode, proj, sizes=[9, 9, 8, 4, 2], hidden=20, input_size=18, dtype=dtype)
+    else:
+        case = make_case(mode, proj, sizes=PACKED, hidden=19)
+    clean = outputs_and_grads(_ops.layer, *case, True, dtype)
     torch.use_deterministic_algorithms(True)
     try:
         assert torch.utils.deterministic.fill_uninitialized_memory
-        poisoned = outputs_and_grads(_ops.layer, *case, True, torch.float32)
+        poisoned = outputs_and_grads(_ops.layer, *case, True, dtype)
     finally:
         torch.use_deterministic_algorithms(False)
     for got, want in zip(poisoned[0] + poisoned[1], clean[0] + clean[1]):
