@@ -282,26 +282,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
               "fastrnn: workspace has shape ", workspace.sizes(),
               "; run layer_fwd with save=True before layer_bwd");
 
-  const Tensor xc = in_compute(x, ct), wih = in_compute(w_ih, ct), whh = in_compute(w_hh, ct);
+  // One step (a cell): dh0's W_hh term as one BLAS call below instead of packing W_hh.
+  const bool single = L.T == 1;
+  // A bfloat16 layer where the CPU has bf16 dot products: the products take
+  // bfloat16 operands (the loop's dh = dG @ W_hh with H even, and the large
+  // ones below), so x and W_ih (and then W_hh) need no fp32 copy. No
+  // projection: its h_cell would need a rounding torch.nn's bf16 kernels do
+  // not make.
+  const bool bf16_products =
+      kBf16Products && x.scalar_type() == at::kBFloat16 && !single && !L.project;
+  const bool bf16_loop = bf16_products && H % 2 == 0;
+  const Tensor xc = bf16_products ? Tensor() : in_compute(x, ct);
+  const Tensor wih = bf16_products ? Tensor() : in_compute(w_ih, ct);
+  const Tensor whh = bf16_loop ? Tensor() : in_compute(w_hh, ct);
   const Tensor gy = in_compute(grad_y, ct), yc = in_compute(y, ct), h0c = in_compute(h0, ct);
   const Tensor c0c = L.mode == Mode::LSTM ? in_compute(*c0, ct) : Tensor();
-  const auto opts = xc.options();
+  const auto opts = x.options().dtype(ct);
   Tensor dh = state_copy(grad_h_n, ct);
   Tensor dc = L.mode == Mode::LSTM ? state_copy(grad_c_n, ct) : Tensor();
   Tensor dg = at::empty({L.N, dgate_columns(L.mode, H)}, opts);
   Tensor h_prev = at::empty({L.N, L.P}, opts);
   Tensor dy_total = L.project ? at::empty({L.N, L.P}, opts) : Tensor();
   Tensor h_cell = L.project ? at::empty({L.N, H}, opts) : Tensor();
-
-  // One step (a cell): dh0's W_hh term as one BLAS call below instead of packing W_hh.
-  const bool single = L.T == 1;
-  // A bfloat16 layer where the CPU has bf16 dot products: the products take
-  // bfloat16 operands (the loop's dh = dG @ W_hh with H even, and the large
-  // ones below). No projection: its h_cell would need a rounding torch.nn's
-  // bf16 kernels do not make.
-  const bool bf16_products =
-      kBf16Products && x.scalar_type() == at::kBFloat16 && !single && !L.project;
-  const bool bf16_loop = bf16_products && H % 2 == 0;
   Tensor dg16 = bf16_loop ? at::empty(dg.sizes(), x.options()) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
