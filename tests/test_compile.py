@@ -29,7 +29,8 @@ class Net(nn.Module):
 )
 def test_fullgraph_compile_forward_backward(make, use):
     if use == "reference":
-        pytest.skip("the reference backend is a Python loop over batch_sizes by design; it is the oracle, not a compiled path")
+        pytest.skip(reason="the reference backend is a Python loop over batch_sizes by design; "
+                    "it is the oracle, not a compiled path")
     torch.manual_seed(0)
     model = Net(make())
     ids = torch.randint(0, 11, (3, 9))

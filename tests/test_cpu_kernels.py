@@ -582,7 +582,7 @@ def test_scalar_gate_math(tmp_path):
 
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
-        pytest.skip("no C++ compiler on PATH to build the scalar gates.h probe")
+        pytest.skip(reason="no C++ compiler on PATH to build the scalar gates.h probe")
     root = Path(__file__).resolve().parents[1]
     probe = tmp_path / "gates_probe"
     subprocess.run([compiler, "-std=c++17", "-O1", f"-I{root / 'csrc' / 'include'}",

@@ -19,11 +19,8 @@ import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip(
-        "no GPU: run with TRITON_INTERPRET=1 set on the command line (the interpreter "
-        "must be on before triton.jit runs)",
-        allow_module_level=True,
-    )
+    pytest.skip(reason="no GPU: run with TRITON_INTERPRET=1 set on the command line (the "
+                "interpreter must be on before triton.jit runs)", allow_module_level=True)
 pytest.importorskip("triton", reason="the triton package is not installed")
 
 from fastrnn.backends import triton_backend  # noqa: E402  (registers the ops)

@@ -8,7 +8,6 @@
 // The weight gradients are left to large GEMMs after the loop, which is why
 // the loop also writes h_prev (and, projecting, dy_total and h_cell) per token.
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
@@ -130,12 +129,8 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
 template <typename S>
 void backward_loop(const LayerDims& d, const BackwardArgs<S>& a) {
   const Steps steps(d);
-  constexpr bool has_bf16 = std::is_same_v<S, float> && kBf16Products;
-  for_each_part<S>(d, [&](auto mode, const Part& part) {
-    if (has_bf16 && a.bf16.whh.data != nullptr)
-      backward_part<S, decltype(mode)::value, has_bf16>(d, steps, a, part);
-    else
-      backward_part<S, decltype(mode)::value, false>(d, steps, a, part);
+  for_each_part<S>(d, a.bf16.whh.data != nullptr, [&](auto mode, auto bf16, const Part& part) {
+    backward_part<S, decltype(mode)::value, decltype(bf16)::value>(d, steps, a, part);
   });
 }
 

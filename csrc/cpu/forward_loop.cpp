@@ -8,7 +8,6 @@
 // cell outputs through W_hr into y and h. Scratch is allocated once per call.
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
@@ -163,12 +162,8 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
 template <typename S>
 void forward_loop(const LayerDims& d, const ForwardArgs<S>& a) {
   const Steps steps(d);
-  constexpr bool has_bf16 = std::is_same_v<S, float> && kBf16Products;
-  for_each_part<S>(d, [&](auto mode, const Part& part) {
-    if (has_bf16 && a.bf16.whh_t.data != nullptr)
-      forward_part<S, decltype(mode)::value, has_bf16>(d, steps, a, part);
-    else
-      forward_part<S, decltype(mode)::value, false>(d, steps, a, part);
+  for_each_part<S>(d, a.bf16.whh_t.data != nullptr, [&](auto mode, auto bf16, const Part& part) {
+    forward_part<S, decltype(mode)::value, decltype(bf16)::value>(d, steps, a, part);
   });
 }
 

@@ -141,15 +141,22 @@ Packed<S> packed(const Tensor& src, int64_t K, int64_t n, bool transpose, Tensor
 }
 
 // The bit patterns of a bfloat16 tensor, for the framework-free kernels.
-const uint16_t* bits(const Tensor& t) {
-  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
-}
+uint16_t* bits(const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
 // W^T packed for small_gemm_bf16, W (n, K) bfloat16; `storage` keeps the memory alive.
 PackedBf16 packed_bf16(const Tensor& w, int64_t K, int64_t n, Tensor& storage) {
   storage = at::empty({packed_size_bf16(K, n)}, w.options());
-  pack_transposed_bf16(bits(w), K, n, const_cast<uint16_t*>(bits(storage)));
+  pack_transposed_bf16(bits(w), K, n, bits(storage));
   return PackedBf16{bits(storage), K, n};
+}
+
+// Whether a layer's products take bfloat16 operands (small_gemm_bf16.h;
+// ATen's bf16 matmul for the backward's large ones): a bfloat16 layer of more
+// than one step, without projection (its h_cell would need a rounding
+// torch.nn's bf16 kernels do not make), where the build has bf16 dot
+// products. The kernels that read operands in pairs add their size rules.
+bool bf16_operands(const Layer& L, const Tensor& x) {
+  return kBf16Products && x.scalar_type() == at::kBFloat16 && L.T > 1 && !L.project;
 }
 
 LayerDims dims_of(const Layer& L, const Tensor& batch_sizes, bool reverse) {
@@ -172,12 +179,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
                                   ct == at::kDouble ? at::vec::Vectorized<double>::size()
                                                     : at::vec::Vectorized<float>::size(),
                                   at::elementSize(ct));
-  // A bfloat16 layer's products on bf16 dot products (small_gemm_bf16.h), where
-  // the CPU has them: T > 1, no projection, even I and P (operands are read in
-  // pairs). The loop then writes the bfloat16 output itself, and fp32 copies
-  // of x and the weights are made only for the products that still read them.
-  const bool bf16_products = kBf16Products && x.scalar_type() == at::kBFloat16 && !single &&
-                             !L.project && L.I % 2 == 0 && L.P % 2 == 0;
+  // bfloat16 operands (bf16_operands) with even I and P, as small_gemm_bf16
+  // reads them in pairs. The loop then writes the bfloat16 output itself, and
+  // fp32 copies of x and the weights are made only for the products that
+  // still read them.
+  const bool bf16_products = bf16_operands(L, x) && L.I % 2 == 0 && L.P % 2 == 0;
   const bool fp32_input = !(bf16_products && per_step);
   const Tensor xc = fp32_input ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input ? in_compute(w_ih, ct) : Tensor();
@@ -223,8 +229,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
     typename ForwardArgs<scalar_t>::Bf16Operands bf16{};
     if (bf16_products) {
       bf16 = {bits(x), per_step ? packed_bf16(w_ih, L.I, GH, wih16_storage) : PackedBf16{},
-              packed_bf16(w_hh, L.P, GH, whh16_storage), bits(h0),
-              const_cast<uint16_t*>(bits(y16))};
+              packed_bf16(w_hh, L.P, GH, whh16_storage), bits(h0), bits(y16)};
     }
     ForwardArgs<scalar_t> args{
         ptr(gx),
@@ -284,13 +289,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
 
   // One step (a cell): dh0's W_hh term as one BLAS call below instead of packing W_hh.
   const bool single = L.T == 1;
-  // A bfloat16 layer where the CPU has bf16 dot products: the products take
-  // bfloat16 operands (the loop's dh = dG @ W_hh with H even, and the large
-  // ones below), so x and W_ih (and then W_hh) need no fp32 copy. No
-  // projection: its h_cell would need a rounding torch.nn's bf16 kernels do
-  // not make.
-  const bool bf16_products =
-      kBf16Products && x.scalar_type() == at::kBFloat16 && !single && !L.project;
+  // bfloat16 operands (bf16_operands): the large products below, and the
+  // loop's dh = dG @ W_hh when H is even (read in pairs); x and W_ih (and then
+  // W_hh) need no fp32 copy.
+  const bool bf16_products = bf16_operands(L, x);
   const bool bf16_loop = bf16_products && H % 2 == 0;
   const Tensor xc = bf16_products ? Tensor() : in_compute(x, ct);
   const Tensor wih = bf16_products ? Tensor() : in_compute(w_ih, ct);
@@ -312,8 +314,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     typename BackwardArgs<scalar_t>::Bf16Operands bf16{};
     if (bf16_loop) {
       whh16_storage = at::empty({packed_size_bf16(GH, L.P)}, w_hh.options());
-      pack_bf16(bits(w_hh), GH, L.P, const_cast<uint16_t*>(bits(whh16_storage)));
-      bf16 = {PackedBf16{bits(whh16_storage), GH, L.P}, const_cast<uint16_t*>(bits(dg16))};
+      pack_bf16(bits(w_hh), GH, L.P, bits(whh16_storage));
+      bf16 = {PackedBf16{bits(whh16_storage), GH, L.P}, bits(dg16)};
     }
     BackwardArgs<scalar_t> args{
         ptr(gy), ptr(yc), ptr(h0c), ptr(c0c), ptr(workspace),

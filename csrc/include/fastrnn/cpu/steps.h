@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
+#include "fastrnn/cpu/small_gemm_bf16.h"
 #include "fastrnn/cpu/step_barrier.h"
 
 namespace fastrnn::cpu {
@@ -102,26 +103,36 @@ inline bool project_per_step(const LayerDims& d, int64_t input_size, int64_t vec
 // (no synchronisation) or hidden slices of the whole batch that meet at a
 // StepBarrier; ATen's OpenMP parallel_for runs its chunks concurrently, one
 // per thread, which the barrier relies on.
+// fn(mode, bf16, part): bf16 is std::bool_constant, true when `bf16` asks for
+// the bfloat16-operand products (small_gemm_bf16.h) and this build and S
+// (float) have them, so each loop is compiled once with and once without.
 template <typename S, typename Fn>
-void for_each_part(const LayerDims& d, const Fn& fn) {
+void for_each_part(const LayerDims& d, bool bf16, const Fn& fn) {
   constexpr int64_t VL = at::vec::Vectorized<S>::size();
+  constexpr bool has_bf16 = std::is_same_v<S, float> && kBf16Products;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  auto run = [&](auto mode) {
+  auto run_parts = [&](auto mode, auto bf16_products) {
     if (split_hidden(d, threads, VL)) {
       StepBarrier barrier(threads);
       const int64_t vectors = d.H / VL;
       auto bound = [&](int64_t p) { return vectors * p / threads * VL; };
       at::parallel_for(0, threads, 1, [&](int64_t p0, int64_t p1) {
         StepBarrier::Member sync(&barrier, p1 - p0);
-        fn(mode, Part{0, d.B, bound(p0), bound(p1), bound(p0), bound(p1), &sync});
+        fn(mode, bf16_products, Part{0, d.B, bound(p0), bound(p1), bound(p0), bound(p1), &sync});
       });
     } else {
       const int64_t grain = std::max<int64_t>(1, (d.B + threads - 1) / threads);
       at::parallel_for(0, d.B, grain, [&](int64_t b0, int64_t b1) {
         StepBarrier::Member alone(nullptr, 1);
-        fn(mode, Part{b0, b1, 0, d.H, 0, d.P, &alone});
+        fn(mode, bf16_products, Part{b0, b1, 0, d.H, 0, d.P, &alone});
       });
     }
+  };
+  auto run = [&](auto mode) {
+    if (has_bf16 && bf16)
+      run_parts(mode, std::bool_constant<has_bf16>{});
+    else
+      run_parts(mode, std::false_type{});
   };
   switch (d.mode) {
     case Mode::LSTM: return run(std::integral_constant<Mode, Mode::LSTM>{});
