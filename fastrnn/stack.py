@@ -19,6 +19,38 @@ from . import backends
 from .backends.base import LayerSpec, LayerWeights
 
 
+def current_weights(module: torch.nn.Module, names: Sequence[str]) -> list[Optional[Tensor]]:
+    """module's parameters `names`, as getattr returns them, but straight from
+    _parameters: nn.Module.__getattr__ costs ~0.6 us a name, and torch.nn's
+    _update_flat_weights ~5 us a call. A parametrized weight
+    (torch.nn.utils.parametrize) is not in _parameters: getattr computes it."""
+    params = module._parameters
+    try:
+        return [params[n] for n in names]
+    except KeyError:
+        return [getattr(module, n) for n in names]
+
+
+_PADDED: dict[tuple[int, int], Tensor] = {}
+
+
+def padded_batch_sizes(steps: int, batch: int) -> Tensor:
+    """batch_sizes of padded input, [batch] * steps: int64 on the CPU whatever
+    the default device. Eager calls share one read-only tensor per shape
+    (creating it costs ~1.5 us a call); traced calls make their own."""
+    if torch.compiler.is_compiling():
+        return torch.full((steps,), batch, dtype=torch.int64, device="cpu")
+    sizes = _PADDED.get((steps, batch))
+    if sizes is None:
+        if len(_PADDED) >= 256:
+            _PADDED.clear()
+        # Not an inference tensor, so that autograd may save it later.
+        with torch.inference_mode(False):
+            sizes = torch.full((steps,), batch, dtype=torch.int64, device="cpu")
+        _PADDED[(steps, batch)] = sizes
+    return sizes
+
+
 def split_weights(ws: Sequence[Tensor], bias: bool, has_proj: bool) -> LayerWeights:
     """torch.nn's per-(layer, direction) order: w_ih, w_hh, [b_ih, b_hh], [w_hr]."""
     w_ih, w_hh = ws[0], ws[1]
@@ -46,8 +78,7 @@ def run_layer(
     used: list[str],
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer and direction on the first backend that accepts it."""
-    backend = select_backend(spec, x, used)
-    return backend.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
+    return select_backend(spec, x, used).layer(spec, x, batch_sizes, h0, c0, weights, reverse)
 
 
 def run_stack(
@@ -75,6 +106,11 @@ def run_stack(
     mode only, with the same call torch.nn makes, so a seeded run draws the same
     masks in the same order.
     """
+    if num_layers == 1 and not bidirectional:  # the common case, without the loop's lists
+        weights = split_weights(flat_weights, bias, proj_size > 0)
+        spec = LayerSpec(mode, x.shape[1], hidden_size, proj_size, bias)
+        y, h, c = run_layer(spec, x.contiguous(), batch_sizes, hx[0], None if cx is None else cx[0], weights, False, used)
+        return y, h.unsqueeze(0), (None if c is None else c.unsqueeze(0))
     dirs = 2 if bidirectional else 1
     per = len(flat_weights) // (num_layers * dirs)
     has_proj = proj_size > 0
@@ -92,13 +128,10 @@ def run_stack(
         h0 = h0s[first : first + dirs]
         c0 = c0s[first : first + dirs] if c0s is not None else (None,) * dirs
         spec = LayerSpec(mode, layer_input.shape[1], hidden_size, proj_size, bias)
-        backend = select_backend(spec, layer_input, used)
-        if dirs == 2:  # one call, so a backend can run the directions together
-            results = backend.bidirectional_layer(
-                spec, layer_input, batch_sizes, h0, c0, tuple(weights)
-            )
-        else:
-            results = (backend.layer(spec, layer_input, batch_sizes, h0[0], c0[0], weights[0], False),)
+        if dirs == 1:
+            results = (run_layer(spec, layer_input, batch_sizes, h0[0], c0[0], weights[0], False, used),)
+        else:  # one call, so a backend can run the directions together
+            results = select_backend(spec, layer_input, used).bidirectional_layer(spec, layer_input, batch_sizes, h0, c0, tuple(weights))
         for y, h, c in results:
             h_n.append(h)
             if c is not None:
@@ -106,9 +139,4 @@ def run_stack(
         layer_input = results[0][0] if dirs == 1 else torch.cat([r[0] for r in results], dim=1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    return layer_input, _stack(h_n), (_stack(c_n) if cx is not None else None)
-
-
-def _stack(states: list[Tensor]) -> Tensor:
-    # One layer and direction (the common case) needs no copy, just a view.
-    return states[0].unsqueeze(0) if len(states) == 1 else torch.stack(states)
+    return layer_input, torch.stack(h_n), (torch.stack(c_n) if cx is not None else None)

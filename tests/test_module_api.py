@@ -137,6 +137,23 @@ def test_zero_batch():
     assert ours(x)[0].shape == ref(x)[0].shape
 
 
+@pytest.mark.parametrize("cell", [False, True], ids=["GRU", "GRUCell"])
+def test_inference_mode_then_training(cell):
+    """Eager calls share one padded batch_sizes tensor per shape (stack.py); the
+    one a call under inference_mode made must still be savable for backward."""
+    torch.manual_seed(0)
+    name, weight, x = ("GRUCell", "weight_hh", torch.randn(2, 4)) if cell else (
+        "GRU", "weight_hh_l0", torch.randn(3, 2, 4))
+    ref, ours = getattr(nn, name)(4, 5), getattr(fastrnn, name)(4, 5)
+    ours.load_state_dict(ref.state_dict())
+    with torch.inference_mode():
+        ours(x)
+    for m in (ref, ours):
+        out = m(x)
+        (out if cell else out[0]).square().sum().backward()
+    torch.testing.assert_close(getattr(ours, weight).grad, getattr(ref, weight).grad)
+
+
 class _Doubled(nn.Module):
     def forward(self, w):
         return 2 * w

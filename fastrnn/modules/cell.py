@@ -11,9 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from ..backends.base import LayerSpec, LayerWeights
-from ..stack import run_layer
+from ..stack import current_weights, padded_batch_sizes, run_layer
 
 _MODES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 class _FusedCell:
@@ -52,7 +53,7 @@ class _FusedCell:
         _, h, c = run_layer(
             spec,
             x.contiguous(),
-            torch.tensor([batch], dtype=torch.int64),
+            padded_batch_sizes(1, batch),
             states[0].contiguous(),
             states[1].contiguous() if lstm else None,
             weights,
@@ -66,15 +67,7 @@ class _FusedCell:
         return (h, c) if lstm else h
 
     def _weights(self) -> LayerWeights:
-        # Straight from _parameters: four nn.Module.__getattr__ calls cost
-        # ~2.5 us, a tenth of a small cell step's Python. A parametrized
-        # weight (torch.nn.utils.parametrize) is not there: getattr computes it.
-        params = self._parameters
-        try:
-            return LayerWeights(params["weight_ih"], params["weight_hh"], params["bias_ih"],
-                                params["bias_hh"], None)
-        except KeyError:
-            return LayerWeights(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
+        return LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
 
     def _check(self, x: Tensor, states: tuple[Tensor, ...]) -> None:
         """The checks torch.nn's cells make in C++, with the same RuntimeError class."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ..stack import run_stack
+from ..stack import current_weights, padded_batch_sizes, run_stack
 
 
 class NotATensorError(TypeError, AttributeError):
@@ -38,10 +38,11 @@ class _FusedStack:
     last_backend: Optional[str] = None
 
     def forward(self, input, hx=None):
-        self._update_flat_weights()
+        weights = current_weights(self, self._flat_weights_names)
+        if any(w is not f for w, f in zip(weights, self._flat_weights)):
+            self._update_flat_weights()  # e.g. functional_call: torch.nn's checks read _flat_weights
         lstm = self.mode == "LSTM"
         dirs = 2 if self.bidirectional else 1
-        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         if hx is not None:
             _check_state_kind(hx, lstm)
         packed = isinstance(input, PackedSequence)
@@ -68,12 +69,16 @@ class _FusedStack:
                 hx = _match_rank(hx, lstm, is_batched)
 
         if hx is None:
+            # A zero state of the expected size: only the input needs checking.
+            self.check_input(data, batch_sizes)
+            out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
             zeros = dict(dtype=data.dtype, device=data.device)
             h = torch.zeros(self.num_layers * dirs, max_batch, out_size, **zeros)
             hx = (h, torch.zeros(self.num_layers * dirs, max_batch, self.hidden_size, **zeros)) if lstm else h
-        self.check_forward_args(data, hx, batch_sizes)
-        _check_state_dtype(data, hx)
-        hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            self.check_forward_args(data, hx, batch_sizes)
+            _check_state_dtype(data, hx)
+            hx = self.permute_hidden(hx, sorted_indices)
 
         if packed:
             rows = data
@@ -83,7 +88,7 @@ class _FusedStack:
             if steps == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             rows = time_major.reshape(steps * max_batch, self.input_size)
-            batch_sizes = torch.full((steps,), max_batch, dtype=torch.int64)
+            batch_sizes = padded_batch_sizes(steps, max_batch)
 
         used: list[str] = []
         out, h_n, c_n = run_stack(
@@ -92,7 +97,7 @@ class _FusedStack:
             batch_sizes,
             hx[0] if lstm else hx,
             hx[1] if lstm else None,
-            self._flat_weights,
+            weights,
             hidden_size=self.hidden_size,
             proj_size=self.proj_size,
             num_layers=self.num_layers,
@@ -104,20 +109,18 @@ class _FusedStack:
         )
         # Straight into __dict__: RNNBase.__setattr__ and Module.__setattr__
         # cost ~1.5 us per call for a plain attribute.
-        self.__dict__["last_backend"] = "+".join(used)
+        self.__dict__["last_backend"] = used[0] if len(used) == 1 else "+".join(used)
         hidden = (h_n, c_n) if lstm else h_n
 
         if packed:
             return PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices), self.permute_hidden(
                 hidden, unsorted_indices
             )
-        out = out.view(steps, max_batch, dirs * out_size)
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        if not is_batched:
-            out = out.squeeze(batch_dim)
-            hidden = (h_n.squeeze(1), c_n.squeeze(1)) if lstm else h_n.squeeze(1)
-        return out, hidden
+        width = out.size(1)
+        if not is_batched:  # (T, width) in either layout
+            return out.view(steps, width), ((h_n.squeeze(1), c_n.squeeze(1)) if lstm else h_n.squeeze(1))
+        out = out.view(steps, max_batch, width)
+        return (out.transpose(0, 1) if self.batch_first else out), hidden
 
 
 def _check_state_kind(hx, lstm: bool) -> None:
