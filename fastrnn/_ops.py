@@ -180,6 +180,9 @@ class _LayerEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args):
+        # Unused outputs (a cell's y, the workspace) get None, not zeros made by
+        # autograd: _backward fills only what the kernel reads.
+        ctx.set_materialize_grads(False)
         with torch._C._AutoDispatchBelowAutograd():
             output = torch.ops.fastrnn.layer_fwd.default(*args)
         _setup_context(ctx, args, output)

@@ -40,9 +40,32 @@ void gemm(int64_t M, int64_t n, int64_t K, const S* A, int64_t lda, bool a_trans
   });
 }
 
+template <typename S>
+void column_sums(int64_t M, int64_t n, const S* A, int64_t lda, S* out) {
+  // Chunks of 256 columns: 2 KiB of double accumulators in L1 while the rows
+  // stream past. A small reduction stays on the caller's thread (grain).
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t grain = M * n < (1 << 16) ? chunks : 1;
+  at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
+    double acc[kChunk];
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t j0 = c * kChunk, w = std::min(kChunk, n - j0);
+      std::fill(acc, acc + w, 0.0);
+      for (int64_t r = 0; r < M; ++r) {
+        const S* row = A + r * lda + j0;
+        for (int64_t j = 0; j < w; ++j) acc[j] += row[j];
+      }
+      for (int64_t j = 0; j < w; ++j) out[j0 + j] = static_cast<S>(acc[j]);
+    }
+  });
+}
+
 template void gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool, const float*,
                           bool, float*, int64_t, bool);
 template void gemm<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
                            const double*, bool, double*, int64_t, bool);
+template void column_sums<float>(int64_t, int64_t, const float*, int64_t, float*);
+template void column_sums<double>(int64_t, int64_t, const double*, int64_t, double*);
 
 }  // namespace fastrnn::cpu

@@ -24,4 +24,11 @@ template <typename S>
 void gemm(int64_t M, int64_t n, int64_t K, const S* A, int64_t lda, bool a_transposed,
           const S* B, bool b_transposed, S* C, int64_t ldc, bool accumulate);
 
+// out (n) = the sums of the columns of A (M, n), row stride lda: the bias
+// gradients, sum over tokens of dG. Each column is added up in row order in
+// double (for float, more accurate than a float cascade over ~1e5 rows), so
+// the result does not depend on the thread count. Threads split the columns.
+template <typename S>
+void column_sums(int64_t M, int64_t n, const S* A, int64_t lda, S* out);
+
 }  // namespace fastrnn::cpu
