@@ -110,7 +110,7 @@ def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
     _check_saved(ctx, "layer_fwd")
     x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace = ctx.saved_tensors
     grad_c = x.new_empty((0,)) if ctx.mode != "LSTM" else _grad(grad_c_n, c0)
-    grads = torch.ops.fastrnn.layer_bwd(
+    grads = torch.ops.fastrnn.layer_bwd.default(
         ctx.mode, _grad(grad_y, y), _grad(grad_h_n, h0), grad_c, x, batch_sizes, h0, c0,
         w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, ctx.reverse,
     )
@@ -176,19 +176,38 @@ class _LayerEager(torch.autograd.Function):
     Traced calls (torch.compile) and functorch transforms use the op itself, so
     graphs hold the custom op and its registered formula. (bilayer_fwd keeps the registered path: an
     autograd.Function does not see tensors inside its list arguments.)
+
+    Only y, h_n and c_n (LSTM) are outputs of the Function: each output costs
+    autograd ~3 us a call, and the workspace is saved, not differentiated.
     """
 
     @staticmethod
     def forward(ctx, *args):
-        # Unused outputs (a cell's y, the workspace) get None, not zeros made by
+        # Unused outputs (e.g. a cell's y) get None, not zeros made by
         # autograd: _backward fills only what the kernel reads.
         ctx.set_materialize_grads(False)
         with torch._C._AutoDispatchBelowAutograd():
             output = torch.ops.fastrnn.layer_fwd.default(*args)
         _setup_context(ctx, args, output)
-        return output
+        return output[:3] if args[0] == "LSTM" else output[:2]
 
-    backward = staticmethod(_backward)
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_n, grad_c_n=None):
+        return _backward(ctx, grad_y, grad_h_n, grad_c_n, None)
+
+
+def _bare_apply(function: type) -> object:
+    """function.apply without autograd.Function's Python prologue (it binds
+    default arguments for a setup_context and unwraps functorch's dead
+    wrappers: ~4.5 us a call here). `layer` calls it only outside functorch
+    transforms, where that prologue changes nothing; a torch without the C
+    method keeps the full apply."""
+    base = getattr(torch._C, "_FunctionBase", None)
+    method = base.__dict__.get("apply") if base is not None else None
+    return method.__get__(None, function) if hasattr(method, "__get__") else function.apply
+
+
+_layer_eager = _bare_apply(_LayerEager)
 
 
 def layer(
@@ -211,7 +230,8 @@ def layer(
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd(*args)
     elif save:
-        y, h_n, c_n, _ = _LayerEager.apply(*args)
+        y, h_n, *c_n = _layer_eager(*args)
+        return y, h_n, (c_n[0] if c_n else None)
     else:  # nothing to differentiate: straight to the kernel
         with torch._C._AutoDispatchBelowAutograd():
             y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd.default(*args)
