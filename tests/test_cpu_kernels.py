@@ -164,9 +164,9 @@ def test_many_rows_wide_weights(mode, reverse):
 # (steps.h, project_per_step; layer_ops.cpp): >= 8 rows per thread with T > 1
 # project each step inside the loop (with 2 threads: batch tiles of 8, or at
 # H = 256 every thread's slice of the hidden units); fewer rows use the
-# hoisted GEMM; T = 1 takes h0 @ W_hh^T from BLAS without packing W_hh, and
-# its backward does the same with weights over 64K elements (H = 256 here),
-# while small ones (H = 21) take the backward of every other length.
+# hoisted GEMM; T = 1 with weights over 16K elements (64K in backward; H = 256
+# here) runs its products by BLAS without packing, small ones (H = 21) the
+# path of every other length (layer_ops.cpp, blas_single_step).
 # Packed sizes let the live rows drop below 8 mid-loop.
 FORM_CASES = {  # id: (batch_sizes, threads, hidden)
     "per_step": ([9, 9, 8, 8, 3], 1, 21),

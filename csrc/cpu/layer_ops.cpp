@@ -160,6 +160,15 @@ bool bf16_operands(const Layer& L, const Tensor& x) {
   return kBf16Products && x.scalar_type() == at::kBFloat16 && L.T > 1 && !L.project;
 }
 
+// Whether a single step (a cell, or T = 1) runs its products as BLAS calls,
+// which read each weight once, instead of packing the weights for a product
+// of B rows like every other length: when G*H*(I+P) weight elements exceed
+// `limit`. Packing small weights costs less than the BLAS calls' overhead;
+// where that ends was measured per pass (layer_fwd, layer_bwd).
+bool blas_single_step(const Layer& L, int64_t limit) {
+  return L.T == 1 && L.G * L.H * (L.I + L.P) > limit;
+}
+
 LayerDims dims_of(const Layer& L, const Tensor& batch_sizes, bool reverse) {
   return LayerDims{L.mode, L.T, L.B, L.N, L.H, L.P, batch_sizes.data_ptr<int64_t>(), reverse};
 }
@@ -172,7 +181,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const auto ct = compute_type(x);
   const int64_t GH = L.G * L.H;
   const LayerDims dims = dims_of(L, batch_sizes, reverse);
-  const bool single = L.T == 1;
+  // B = 1: packed RNN at H = 64 (8K elements) 14.6 us against 16.6 by BLAS;
+  // LSTM at H = 64 (32K) 23.3 us packed against 19.8.
+  const bool single = blas_single_step(L, int64_t{1} << 14);
   // Input projection: per step inside the loop, or before it for every token
   // in one product (steps.h, project_per_step).
   const bool per_step =
@@ -198,9 +209,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   Tensor ws = at::empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, opts);
   const Tensor y16 = bf16_products ? at::empty({L.N, L.P}, x.options()) : Tensor();
 
-  // One step (a cell) packs nothing: packing W_hh would cost as much as the
-  // step. gx = x @ W_ih^T + b_ih and gh0 = h0 @ W_hh^T + b_hh are one BLAS
-  // call each, every bias with its own product (GRU's b_hn sits in gh0's n
+  // A single step with large weights (blas_single_step) packs nothing:
+  // gx = x @ W_ih^T + b_ih and gh0 = h0 @ W_hh^T + b_hh are one BLAS call
+  // each, every bias with its own product (GRU's b_hn sits in gh0's n
   // columns, inside the reset gate's product, as the loop expects).
   auto product = [&](const Tensor& a, const Tensor& w, const OptTensor& b) {
     return L.bias ? at::addmm(in_compute(*b, ct), a, w.t()) : at::mm(a, w.t());
@@ -208,24 +219,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const Tensor gx_single = single ? product(xc, wih, b_ih) : Tensor();
   const Tensor gh0 = single ? product(h0c, whh, b_hh) : Tensor();
 
-  // Otherwise the bias as the input projection carries it: b_ih + b_hh, except
-  // GRU's b_hn, which the reset gate multiplies and so stays in the loop.
-  Tensor bias, b_hn;
-  if (L.bias && !single) {
-    const int64_t folded = L.mode == Mode::GRU ? 2 * L.H : GH;
-    const Tensor bhh = in_compute(*b_hh, ct);
-    bias = in_compute(*b_ih, ct).clone();
-    bias.narrow(0, 0, folded).add_(bhh.narrow(0, 0, folded));
-    if (L.mode == Mode::GRU) b_hn = bhh.narrow(0, folded, L.H).contiguous();
-  }
+  const bool fold = L.bias && !single;
+  const Tensor bih = fold ? in_compute(*b_ih, ct) : Tensor();
+  const Tensor bhh = fold ? in_compute(*b_hh, ct) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_fwd", [&] {
     Tensor whh_storage, whr_storage, wih_storage, whh16_storage, wih16_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    // Otherwise the bias as the input projection carries it: b_ih + b_hh,
+    // except GRU's b_hn, which the reset gate multiplies and so stays in the
+    // loop. Plain loops, not ATen calls: at small sizes each call's dispatch
+    // costs more than its arithmetic.
+    std::vector<scalar_t> bias;
+    const scalar_t* b_hn = nullptr;
+    if (fold) {
+      const int64_t folded = L.mode == Mode::GRU ? 2 * L.H : GH;
+      const scalar_t* bh = bhh.data_ptr<scalar_t>();
+      bias.assign(bih.data_ptr<scalar_t>(), bih.data_ptr<scalar_t>() + GH);
+      for (int64_t j = 0; j < folded; ++j) bias[j] += bh[j];
+      if (L.mode == Mode::GRU) b_hn = bh + folded;
+    }
     Tensor gx = gx_single;
-    if (!single && !per_step) {
-      gx = L.bias ? bias.expand({L.N, GH}).contiguous() : at::empty({L.N, GH}, opts);
-      gemm<scalar_t>(L.N, GH, L.I, ptr(xc), L.I, false, ptr(wih), true, ptr(gx), GH, L.bias);
+    if (!single && !per_step) {  // gx = bias + x @ W_ih^T for every token
+      gx = at::empty({L.N, GH}, opts);
+      scalar_t* g = gx.data_ptr<scalar_t>();
+      if (fold)
+        at::parallel_for(0, L.N, 64, [&](int64_t n0, int64_t n1) {
+          for (int64_t n = n0; n < n1; ++n) std::copy_n(bias.data(), GH, g + n * GH);
+        });
+      gemm<scalar_t>(L.N, GH, L.I, ptr(xc), L.I, false, ptr(wih), true, g, GH, fold);
     }
     typename ForwardArgs<scalar_t>::Bf16Operands bf16{};
     if (bf16_products) {
@@ -238,12 +260,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
         per_step && !bf16_products
             ? packed<scalar_t>(wih, L.I, GH, /*transpose=*/true, wih_storage)
             : Packed<scalar_t>{nullptr, L.I, GH},
-        ptr(bias),
+        fold ? bias.data() : nullptr,
         single || bf16_products
             ? Packed<scalar_t>{nullptr, L.P, GH}
             : packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
         single ? gh0.data_ptr<scalar_t>() : nullptr,
-        ptr(b_hn),
+        b_hn,
         h0c.data_ptr<scalar_t>(),
         L.project ? packed<scalar_t>(in_compute(*w_hr, ct), L.H, L.P, true, whr_storage)
                   : Packed<scalar_t>{nullptr, 0, 0},
@@ -288,13 +310,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
               "fastrnn: workspace has shape ", workspace.sizes(),
               "; run layer_fwd with save=True before layer_bwd");
 
-  // One step (a cell) with weights past 256 KiB of fp32: the products as BLAS
-  // calls, which read each weight once, and dh0's W_hh term as one of them,
-  // instead of packing the weights for a product of B rows (at H = 256, B = 1:
-  // LSTM 118 us against 180). Smaller weights pack in less time than BLAS
-  // calls cost (H = 64, B = 1..64: 15-35 % faster packed) and take the path of
-  // every other length.
-  const bool single = L.T == 1 && GH * (L.I + L.P) > (int64_t{1} << 16);
+  // dh0's W_hh term and the products by BLAS for a single step with weights
+  // over 64K elements: at H = 256, B = 1 an LSTM's backward takes 118 us
+  // against 180 packed; at H = 64, B = 1..64 packing is 15-35 % faster.
+  const bool single = blas_single_step(L, int64_t{1} << 16);
   // bfloat16 operands (bf16_operands): the large products below, and the
   // loop's dh = dG @ W_hh when H is even (read in pairs); x and W_ih (and then
   // W_hh) need no fp32 copy.
