@@ -9,6 +9,7 @@ import contextlib
 import pytest
 import torch
 
+import fastrnn
 from fastrnn.backends import get
 from fastrnn.backends.base import GATES, LayerSpec, LayerWeights
 from fastrnn.backends.reference import run_layer
@@ -143,12 +144,15 @@ def test_two_threads_split_hidden(mode, sizes, hidden, reverse):
         torch.testing.assert_close(got, want, atol=atol * want.abs().max().item(), rtol=rtol)
     with num_threads(1):
         one = outputs_and_grads(_ops.layer, *case, reverse, torch.float32)
-    # Bitwise equal: the loops' outputs, dx and the weight gradients (gemm.cpp
-    # gives each element of C to one thread, summing K in the same order);
-    # not the bias gradients, ATen reductions that may split by thread.
-    # grads are [dx, dh0, (dc0), dW_ih, dW_hh, db_ih, db_hh].
-    for got, want in zip(two[0] + two[1][:-2], one[0] + one[1][:-2], strict=True):
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # Bitwise equal: the loops' outputs and every gradient (gemm.cpp gives each
+    # element of C to one thread, summing K in the same order; column_sums
+    # adds each column in row order).
+    assert_bitwise(two, one)
+
+
+def assert_bitwise(got, want):
+    for g, w in zip(got[0] + got[1], want[0] + want[1], strict=True):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
@@ -197,8 +201,36 @@ def test_large_products(mode, proj, threads):
     tanh recurrence is chaotic and amplifies float64 rounding past the
     tolerance; RNN runs the same products.)"""
     for sizes in ([9] * 40 + [7, 5, 3], [3] * 125):
-        assert_matches_oracle(make_case(mode, proj, sizes=sizes, hidden=70, input_size=33), False,
-                              threads)
+        case = make_case(mode, proj, sizes=sizes, hidden=70, input_size=33)
+        assert_matches_oracle(case, False, threads)
+        if threads == 2:  # N x G*H > 64K: the bias column sums split too
+            runs = []
+            for n in (2, 1):
+                with num_threads(n):
+                    runs.append(outputs_and_grads(_ops.layer, *case, False, torch.float32))
+            assert_bitwise(*runs)
+
+
+def test_long_sequence_buffers():
+    """A workspace and dG of >= 32 MiB (layer_ops.cpp, fresh: hinted to huge
+    pages before first touch) hold the same numbers: an LSTM over 8320 tokens
+    against torch.nn, outputs, states and gradients."""
+    torch.manual_seed(0)
+    T, B, H = 520, 16, 256
+    assert T * B * 4 * H * 4 >= 32 << 20  # dG: 4H floats per token; the workspace 5H
+    ref = torch.nn.LSTM(8, H)
+    ours = fastrnn.LSTM(8, H)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, 8)
+    got, want = [], []
+    for m, into in ((ours, got), (ref, want)):
+        xm = x.clone().requires_grad_()
+        y, (h, c) = m(xm)
+        (y.square().mean() + h.sum() + c.sum()).backward()
+        into += [y, h, c, xm.grad, *(p.grad for p in m.parameters())]
+    assert ours.last_backend == "cpu"
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5 * w.abs().max().item(), rtol=1e-4)
 
 
 # bfloat16 layers with even input and hidden sizes and T > 1 take bf16 dot
