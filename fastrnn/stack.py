@@ -109,7 +109,8 @@ def run_stack(
     if num_layers == 1 and not bidirectional:  # the common case, without the loop's lists
         weights = split_weights(flat_weights, bias, proj_size > 0)
         spec = LayerSpec(mode, x.shape[1], hidden_size, proj_size, bias)
-        y, h, c = run_layer(spec, x.contiguous(), batch_sizes, hx[0], None if cx is None else cx[0], weights, False, used)
+        c0 = None if cx is None else cx[0]
+        y, h, c = run_layer(spec, x.contiguous(), batch_sizes, hx[0], c0, weights, False, used)
         return y, h.unsqueeze(0), (None if c is None else c.unsqueeze(0))
     dirs = 2 if bidirectional else 1
     per = len(flat_weights) // (num_layers * dirs)
@@ -131,7 +132,8 @@ def run_stack(
         if dirs == 1:
             results = (run_layer(spec, layer_input, batch_sizes, h0[0], c0[0], weights[0], False, used),)
         else:  # one call, so a backend can run the directions together
-            results = select_backend(spec, layer_input, used).bidirectional_layer(spec, layer_input, batch_sizes, h0, c0, tuple(weights))
+            backend = select_backend(spec, layer_input, used)
+            results = backend.bidirectional_layer(spec, layer_input, batch_sizes, h0, c0, tuple(weights))
         for y, h, c in results:
             h_n.append(h)
             if c is not None:
