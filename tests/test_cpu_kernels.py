@@ -211,6 +211,29 @@ def test_large_products(mode, proj, threads):
             assert_bitwise(*runs)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_backward_in_step_ranges(mode, proj, reverse, threads, monkeypatch):
+    """The backward loop in ranges of steps, each range's products right after
+    it (layer_ops.cpp, step_ranges): ranges of >= 7 rows cut a packed batch
+    (9..1 rows a step) at uneven steps, both directions, 1 and 2 threads (at
+    H = 256 the 2 threads split the hidden units), against the oracle; and
+    bitwise equal to one range in float32 but for dW (summed by range)."""
+    monkeypatch.setenv("FASTRNN_CPU_RANGE_ROWS", "7")
+    sizes = [9, 9, 8, 8, 6, 5, 5, 3, 2, 2, 1]
+    hidden = 256 if threads == 2 and proj == 0 else 13
+    case = make_case(mode, proj, sizes=sizes, hidden=hidden, input_size=6)
+    assert_matches_oracle(case, reverse, threads)
+    with num_threads(threads):
+        ranged = outputs_and_grads(_ops.layer, *case, reverse, torch.float32)
+        monkeypatch.delenv("FASTRNN_CPU_RANGE_ROWS")
+        whole = outputs_and_grads(_ops.layer, *case, reverse, torch.float32)
+    # y, h_n, (c_n), dx, dh0, (dc0) do not depend on the ranges.
+    states = 2 if mode == "LSTM" else 1
+    assert_bitwise((ranged[0], ranged[1][: 1 + states]), (whole[0], whole[1][: 1 + states]))
+
+
 def test_long_sequence_buffers():
     """A workspace and dG of >= 32 MiB (layer_ops.cpp, fresh: hinted to huge
     pages before first touch) hold the same numbers: an LSTM over 8320 tokens

@@ -1,11 +1,12 @@
 // Backward time loop (contract: fastrnn/cpu/recurrence.h).
 //
-// Walks the steps in reverse processing order. Per step and batch tile:
+// Walks the steps of a range (BackwardArgs::s_begin) in reverse processing
+// order. Per step and batch tile:
 //   dh_t    = dL/dy_t + dh carried from the later step      (P wide)
 //   (projection: dL/d h_cell = dh_t @ W_hr, a small GEMM)
 //   one vectorized pass: gate backward of fastrnn/gates.h -> dg rows, dc carry
 //   dh carry = dg_hidden @ W_hh (+ GRU's direct dh * z), a small GEMM.
-// The weight gradients are left to large GEMMs after the loop, which is why
+// The weight gradients are left to large GEMMs after each range, which is why
 // the loop also writes h_prev (and, projecting, dy_total and h_cell) per token.
 #include <cstring>
 #include <vector>
@@ -36,7 +37,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
   const PackedBf16 whh16 =
       bf16 ? packed_columns(a.bf16.whh, part.o0, part.o1 - part.o0) : a.bf16.whh;
 
-  for (int64_t s = d.T - 1; s >= 0; --s) {
+  for (int64_t s = a.s_end - 1; s >= a.s_begin; --s) {
     const int64_t t = steps.step(s);
     const int64_t live = steps.live(t, b0, b1);
     if (live <= 0) continue;
@@ -46,22 +47,24 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
     if (project) {
       for (int64_t r = 0; r < live; ++r) {
         const S* gy = a.grad_y + (n0 + r) * P;
-        S* dy = a.dy_total + (n0 + r) * P;
+        S* dy = a.dy_total + (n0 - a.row0 + r) * P;
         for_each_vector<S>(P, [&](int64_t j, int64_t n) {
           (V::loadu(gy + j, n) + V::loadu(dh + r * P + j, n)).store(dy + j, n);
         });
       }
-      small_gemm<S>(live, a.dy_total + n0 * P, P, a.whr, 0, P, dh_cell.data(), H, false);
+      small_gemm<S>(live, a.dy_total + (n0 - a.row0) * P, P, a.whr, 0, P, dh_cell.data(), H,
+                    false);
     }
 
     for (int64_t r = 0; r < live; ++r) {
       const int64_t b = b0 + r, n = n0 + r, p = steps.prev_row(t, b);
       const S* hp = p >= 0 ? a.y + p * P : a.h0 + b * P;
-      std::memcpy(a.h_prev + n * P + part.o0, hp + part.o0, sizeof(S) * (part.o1 - part.o0));
+      std::memcpy(a.h_prev + (n - a.row0) * P + part.o0, hp + part.o0,
+                  sizeof(S) * (part.o1 - part.o0));
       const S* ws = a.ws + n * cols;
       const S* gy = a.grad_y + n * P;
       S* dhr = dh + r * P;
-      S* dg = a.dg + n * dgc;
+      S* dg = a.dg + (n - a.row0) * dgc;
       for_each_vector<S>(j0, j1, [&](int64_t j, int64_t cnt) {
         auto ld = [&](const S* q) { return V::loadu(q + j, cnt); };
         auto st = [&](const V& v, S* q) { v.store(q + j, cnt); };
@@ -78,7 +81,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
           st(g.g, dg + 2 * H);
           st(g.o, dg + 3 * H);
           st(g.c_prev, dc);
-          if (project) st(lstm_cell_output(o, c), a.h_cell + n * H);
+          if (project) st(lstm_cell_output(o, c), a.h_cell + (n - a.row0) * H);
         } else if constexpr (M == Mode::GRU) {
           const auto g = gru_backward(dh_t, ld(ws + ws_col::kGruR * H), ld(ws + ws_col::kGruZ * H),
                                       ld(ws + ws_col::kGruN * H), ld(ws + ws_col::kGruHn * H),
@@ -96,16 +99,16 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
     }
 
     if constexpr (bf16) {  // this part's columns of dg, as the product's bf16 operand
-      for (int64_t r = 0; r < live; ++r)
+      for (int64_t r = n0 - a.row0; r < n0 - a.row0 + live; ++r)
         for (int64_t c = j0; c < dgc; c += H)
-          to_bf16_row(a.dg + (n0 + r) * dgc + c, a.bf16.dg + (n0 + r) * dgc + c, j1 - j0);
+          to_bf16_row(a.dg + r * dgc + c, a.bf16.dg + r * dgc + c, j1 - j0);
     }
     if (a.whh.data == nullptr && !bf16) continue;  // T = 1: the caller adds dG_hidden @ W_hh
     part.sync->wait();  // every slice of this step's dg written
     S* dh_out = dh + part.o0;
     // Hidden side of GRU is [d r | d z | d h_n]: columns 0..2H and 3H..4H of dg.
     if constexpr (bf16) {
-      const uint16_t* g16 = a.bf16.dg + n0 * dgc;
+      const uint16_t* g16 = a.bf16.dg + (n0 - a.row0) * dgc;
       if constexpr (M == Mode::GRU) {
         small_gemm_bf16(live, g16, dgc, whh16, 0, 2 * H, dh_out, P, /*accumulate=*/true);
         small_gemm_bf16(live, g16 + 3 * H, dgc, whh16, 2 * H, H, dh_out, P, true);
@@ -113,7 +116,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
         small_gemm_bf16(live, g16, dgc, whh16, 0, GH, dh_out, P, /*accumulate=*/false);
       }
     } else {
-      const S* dg0 = a.dg + n0 * dgc;
+      const S* dg0 = a.dg + (n0 - a.row0) * dgc;
       if constexpr (M == Mode::GRU) {
         small_gemm<S>(live, dg0, dgc, whh, 0, 2 * H, dh_out, P, /*accumulate=*/true);
         small_gemm<S>(live, dg0 + 3 * H, dgc, whh, 2 * H, H, dh_out, P, true);

@@ -11,19 +11,15 @@
 namespace fastrnn::cpu {
 
 template <typename S>
-void gemm(int64_t M, int64_t n, int64_t K, const S* A, int64_t lda, bool a_transposed,
-          const S* B, bool b_transposed, S* C, int64_t ldc, bool accumulate) {
+void gemm(int64_t M, const S* A, int64_t lda, bool a_transposed, const Packed<S>& B, S* C,
+          int64_t ldc, bool accumulate) {
+  const int64_t K = B.K, n = B.n;
   if (M <= 0 || n <= 0) return;
   if (K <= 0) {  // an empty sum
     if (!accumulate)
       for (int64_t m = 0; m < M; ++m) std::fill(C + m * ldc, C + m * ldc + n, S(0));
     return;
   }
-  // pack_rhs writes every element (no zero-initialisation needed).
-  const std::unique_ptr<S[]> storage(new S[packed_size<S>(K, n)]);
-  pack_rhs<S>(B, K, n, b_transposed, storage.get());
-  const Packed<S> packed{storage.get(), K, n};
-
   // K slices of 256 rows: one packed panel slice is 16 KiB (float), and
   // small_gemm's 256 KiB column chunks of it are what the row blocks re-read
   // from L2. Rows go to threads in multiples of small_gemm's 8-row block.
@@ -34,29 +30,39 @@ void gemm(int64_t M, int64_t n, int64_t K, const S* A, int64_t lda, bool a_trans
     for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
       const int64_t k = std::min(kSlice, K - k0);
       const S* a = a_transposed ? A + k0 * lda + m0 : A + m0 * lda + k0;
-      small_gemm<S>(m1 - m0, a, lda, packed, k0, k, C + m0 * ldc, ldc, accumulate || k0 > 0,
+      small_gemm<S>(m1 - m0, a, lda, B, k0, k, C + m0 * ldc, ldc, accumulate || k0 > 0,
                     a_transposed);
     }
   });
 }
 
 template <typename S>
-void column_sums(int64_t M, int64_t n, const S* A, int64_t lda, S* out) {
+void gemm(int64_t M, int64_t n, int64_t K, const S* A, int64_t lda, bool a_transposed,
+          const S* B, bool b_transposed, S* C, int64_t ldc, bool accumulate) {
+  if (M <= 0 || n <= 0) return;
+  // pack_rhs writes every element (no zero-initialisation needed).
+  const std::unique_ptr<S[]> storage(new S[packed_size<S>(K, n)]);
+  pack_rhs<S>(B, K, n, b_transposed, storage.get());
+  gemm<S>(M, A, lda, a_transposed, Packed<S>{storage.get(), K, n}, C, ldc, accumulate);
+}
+
+template <typename S>
+void add_column_sums(int64_t M, int64_t n, const S* A, int64_t lda, double* acc) {
   // Chunks of 256 columns: 2 KiB of double accumulators in L1 while the rows
   // stream past. A small reduction stays on the caller's thread (grain).
   constexpr int64_t kChunk = 256;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int64_t grain = M * n < (1 << 16) ? chunks : 1;
   at::parallel_for(0, chunks, grain, [&](int64_t c0, int64_t c1) {
-    double acc[kChunk];
+    double sums[kChunk];
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t j0 = c * kChunk, w = std::min(kChunk, n - j0);
-      std::fill(acc, acc + w, 0.0);
+      std::copy_n(acc + j0, w, sums);
       for (int64_t r = 0; r < M; ++r) {
         const S* row = A + r * lda + j0;
-        for (int64_t j = 0; j < w; ++j) acc[j] += row[j];
+        for (int64_t j = 0; j < w; ++j) sums[j] += row[j];
       }
-      for (int64_t j = 0; j < w; ++j) out[j0 + j] = static_cast<S>(acc[j]);
+      std::copy_n(sums, w, acc + j0);
     }
   });
 }
@@ -65,7 +71,11 @@ template void gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool
                           bool, float*, int64_t, bool);
 template void gemm<double>(int64_t, int64_t, int64_t, const double*, int64_t, bool,
                            const double*, bool, double*, int64_t, bool);
-template void column_sums<float>(int64_t, int64_t, const float*, int64_t, float*);
-template void column_sums<double>(int64_t, int64_t, const double*, int64_t, double*);
+template void gemm<float>(int64_t, const float*, int64_t, bool, const Packed<float>&, float*,
+                          int64_t, bool);
+template void gemm<double>(int64_t, const double*, int64_t, bool, const Packed<double>&,
+                           double*, int64_t, bool);
+template void add_column_sums<float>(int64_t, int64_t, const float*, int64_t, double*);
+template void add_column_sums<double>(int64_t, int64_t, const double*, int64_t, double*);
 
 }  // namespace fastrnn::cpu

@@ -3,9 +3,10 @@
 // Thin torch layer around the framework-free loops of fastrnn/cpu/recurrence.h:
 // validates every argument before touching memory, converts bfloat16 to fp32
 // (all state math and accumulation run in fp32; weights are converted once per
-// call), packs the recurrent weights, and runs the large one-off GEMMs around
-// the time loop: the input projection of all N rows before it, and
-// dx = dG @ W_ih, dW_ih = dG^T X, dW_hh = dG^T H_prev, dW_hr = dY^T H_cell after.
+// call), packs the recurrent weights, and runs the large GEMMs around the time
+// loops: the input projection of all N rows before the forward loop, and
+// dx = dG @ W_ih, dW_ih = dG^T X, dW_hh = dG^T H_prev, dW_hr = dY^T H_cell
+// after each range of the backward loop's steps (step_ranges).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,6 +18,7 @@
 #endif
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -199,6 +201,45 @@ LayerDims dims_of(const Layer& L, const Tensor& batch_sizes, bool reverse) {
   return LayerDims{L.mode, L.T, L.B, L.N, L.H, L.P, batch_sizes.data_ptr<int64_t>(), reverse};
 }
 
+// A range of the backward loop's steps (BackwardArgs::s_begin) and its packed
+// rows [row0, row1).
+struct StepRange {
+  int64_t s_begin, s_end, row0, row1;
+};
+
+// The backward loop's ranges, from the last steps processed back to the first.
+// Each range's dG goes into the products right after the loop wrote it: about
+// 2 MiB of it (dg_row_bytes a row), which stays in cache, where all of dG at
+// T = 256, B = 16, H = 128 (8 MiB, with a 10 MiB workspace beside it) was
+// read back from memory by three products. Each range adds its share to dW_ih
+// and dW_hh, a pass over them, so a range has at least 2 (I + P) rows: at
+// B = 64, H = 1024 one range holds T = 64. FASTRNN_CPU_RANGE_ROWS, when set,
+// replaces that row count (tests use it to cut many ranges at small sizes).
+std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bool reverse,
+                                   int64_t dg_row_bytes) {
+  const int64_t* bs = batch_sizes.data_ptr<int64_t>();
+  std::vector<int64_t> offset(L.T + 1, 0);  // packed row of each step's first row
+  for (int64_t t = 0; t < L.T; ++t) offset[t + 1] = offset[t] + bs[t];
+  const char* forced = std::getenv("FASTRNN_CPU_RANGE_ROWS");
+  const int64_t target =
+      forced ? std::max<int64_t>(1, std::atoll(forced))
+             : std::max<int64_t>(2 * (L.I + L.P), (int64_t{2} << 20) / dg_row_bytes);
+  std::vector<StepRange> ranges;
+  for (int64_t s_end = L.T; s_end > 0;) {
+    int64_t s = s_end, rows = 0;
+    while (s > 0 && rows < target) {
+      --s;
+      rows += bs[reverse ? L.T - 1 - s : s];
+    }
+    // Processing step s is time step s, or T - 1 - s in reverse: the range's
+    // time steps are contiguous either way, and so are their packed rows.
+    ranges.push_back(reverse ? StepRange{s, s_end, offset[L.T - s_end], offset[L.T - s]}
+                             : StepRange{s, s_end, offset[s], offset[s_end]});
+    s_end = s;
+  }
+  return ranges;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
     const std::string& mode, const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
     const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
@@ -351,35 +392,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const Tensor gy = in_compute(grad_y, ct), yc = in_compute(y, ct), h0c = in_compute(h0, ct);
   const Tensor c0c = L.mode == Mode::LSTM ? in_compute(*c0, ct) : Tensor();
   const auto opts = x.options().dtype(ct);
+  const int64_t dgc = dgate_columns(L.mode, H);
   Tensor dh = state_copy(grad_h_n, ct);
   Tensor dc = L.mode == Mode::LSTM ? state_copy(grad_c_n, ct) : Tensor();
-  Tensor dg = fresh({L.N, dgate_columns(L.mode, H)}, opts);
-  Tensor h_prev = fresh({L.N, L.P}, opts);
-  Tensor dy_total = L.project ? at::empty({L.N, L.P}, opts) : Tensor();
-  Tensor h_cell = L.project ? at::empty({L.N, H}, opts) : Tensor();
+
+  // With our products, the loop runs in ranges of steps, and each range's dG
+  // goes into the products while it is still in cache; dG, h_prev (and dY,
+  // h_cell) then exist for one range only (step_ranges). A single step and the
+  // bf16 products take all steps as one range.
+  const std::vector<StepRange> ranges =
+      single || bf16_products ? std::vector<StepRange>{{0, L.T, 0, L.N}}
+                              : step_ranges(L, batch_sizes, reverse, dgc * at::elementSize(ct));
+  int64_t rows = 0;
+  for (const StepRange& r : ranges) rows = std::max(rows, r.row1 - r.row0);
+  Tensor dg = fresh({rows, dgc}, opts);
+  Tensor h_prev = fresh({rows, L.P}, opts);
+  Tensor dy_total = L.project ? at::empty({rows, L.P}, opts) : Tensor();
+  Tensor h_cell = L.project ? at::empty({rows, H}, opts) : Tensor();
   Tensor dg16 = bf16_loop ? at::empty(dg.sizes(), x.options()) : Tensor();
 
-  AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
-    Tensor whh_storage, whr_storage, whh16_storage;
-    auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
-    typename BackwardArgs<scalar_t>::Bf16Operands bf16{};
-    if (bf16_loop) {
-      whh16_storage = at::empty({packed_size_bf16(GH, L.P)}, w_hh.options());
-      pack_bf16(bits(w_hh), GH, L.P, bits(whh16_storage));
-      bf16 = {PackedBf16{bits(whh16_storage), GH, L.P}, bits(dg16)};
-    }
-    BackwardArgs<scalar_t> args{
-        ptr(gy), ptr(yc), ptr(h0c), ptr(c0c), ptr(workspace),
-        single || bf16_loop ? Packed<scalar_t>{nullptr, GH, L.P}
-                            : packed<scalar_t>(whh, GH, L.P, /*transpose=*/false, whh_storage),
-        L.project ? packed<scalar_t>(in_compute(*w_hr, ct), L.P, H, false, whr_storage)
-                  : Packed<scalar_t>{nullptr, 0, 0},
-        ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), bf16};
-    backward_loop<scalar_t>(dims_of(L, batch_sizes, reverse), args);
-  });
-
-  // Gradients of the input and the weights as large products over all tokens
-  // (gemm.h). GRU's hidden side differs from its input side in the n gate:
+  // GRU's hidden side differs from its input side in the n gate:
   // dg = [d r | d z | d x_n | d h_n], so its W_hh side is columns 0..2H and
   // 3H..4H of dg, two column ranges of the same products.
   struct Range {
@@ -394,6 +426,54 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     dw_hh = at::empty({GH, L.P}, opts);
     dw_hr = L.project ? at::empty({L.P, H}, opts) : Tensor();
   }
+  std::vector<double> bias_sums(L.bias ? dgc : 0, 0.0);  // column sums of dG
+
+  AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
+    using S = scalar_t;
+    Tensor whh_storage, whr_storage, whh16_storage, wih_storage;
+    auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
+    typename BackwardArgs<S>::Bf16Operands bf16{};
+    if (bf16_loop) {
+      whh16_storage = at::empty({packed_size_bf16(GH, L.P)}, w_hh.options());
+      pack_bf16(bits(w_hh), GH, L.P, bits(whh16_storage));
+      bf16 = {PackedBf16{bits(whh16_storage), GH, L.P}, bits(dg16)};
+    }
+    BackwardArgs<S> args{
+        ptr(gy), ptr(yc), ptr(h0c), ptr(c0c), ptr(workspace),
+        single || bf16_loop ? Packed<S>{nullptr, GH, L.P}
+                            : packed<S>(whh, GH, L.P, /*transpose=*/false, whh_storage),
+        L.project ? packed<S>(in_compute(*w_hr, ct), L.P, H, false, whr_storage)
+                  : Packed<S>{nullptr, 0, 0},
+        ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), bf16, 0, 0, 0};
+    // dx = dG @ W_ih, W_ih packed once for every range.
+    const Packed<S> wih_p = single || bf16_products
+                                ? Packed<S>{nullptr, GH, L.I}
+                                : packed<S>(wih, GH, L.I, /*transpose=*/false, wih_storage);
+    const LayerDims dims = dims_of(L, batch_sizes, reverse);
+    for (size_t i = 0; i < ranges.size(); ++i) {  // from the last steps processed back
+      const StepRange& r = ranges[i];
+      args.s_begin = r.s_begin, args.s_end = r.s_end, args.row0 = r.row0;
+      backward_loop<S>(dims, args);
+      const int64_t n = r.row1 - r.row0;
+      const S* g = dg.data_ptr<S>();
+      if (L.bias) add_column_sums<S>(n, dgc, g, dgc, bias_sums.data());
+      if (single || bf16_products) continue;  // one range: products below
+      // This range's share of the input and weight gradients (gemm.h):
+      // dx rows = dG @ W_ih; dW_ih += dG^T X; dW_hh += dG_h^T H_prev;
+      // dW_hr += dY^T H_cell.
+      const bool acc = i > 0;
+      gemm<S>(n, g, dgc, false, wih_p, dx.data_ptr<S>() + r.row0 * L.I, L.I, false);
+      gemm<S>(GH, L.I, n, g, dgc, true, xc.data_ptr<S>() + r.row0 * L.I, false,
+              dw_ih.data_ptr<S>(), L.I, acc);
+      for (const Range& hr : hidden_side)
+        gemm<S>(hr.rows, L.P, n, g + hr.dg_col, dgc, true, h_prev.data_ptr<S>(), false,
+                dw_hh.data_ptr<S>() + hr.w_row * L.P, L.P, acc);
+      if (L.project)
+        gemm<S>(L.P, H, n, dy_total.data_ptr<S>(), L.P, true, h_cell.data_ptr<S>(), false,
+                dw_hr.data_ptr<S>(), H, acc);
+    }
+  });
+
   if (single) {  // one step (a cell): products of B rows, BLAS without our packing
     at::mm_out(dx, dg.narrow(1, 0, GH), wih);
     at::mm_out(dw_ih, dg.narrow(1, 0, GH).t(), xc);
@@ -419,36 +499,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     std::vector<Tensor> rows;
     for (const Range& r : hidden_side) rows.push_back(at::mm(dg16.narrow(1, r.dg_col, r.rows).t(), hp16));
     dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
-  } else {
-    AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd_products", [&] {
-      using S = scalar_t;
-      const S* g = dg.data_ptr<S>();
-      const int64_t dgc = dg.size(1);
-      gemm<S>(L.N, L.I, GH, g, dgc, false, wih.data_ptr<S>(), false, dx.data_ptr<S>(), L.I,
-              false);
-      gemm<S>(GH, L.I, L.N, g, dgc, true, xc.data_ptr<S>(), false, dw_ih.data_ptr<S>(), L.I,
-              false);
-      for (const Range& r : hidden_side)
-        gemm<S>(r.rows, L.P, L.N, g + r.dg_col, dgc, true, h_prev.data_ptr<S>(), false,
-                dw_hh.data_ptr<S>() + r.w_row * L.P, L.P, false);
-      if (L.project)
-        gemm<S>(L.P, H, L.N, dy_total.data_ptr<S>(), L.P, true, h_cell.data_ptr<S>(), false,
-                dw_hr.data_ptr<S>(), H, false);
-    });
   }
 
-  // Bias gradients: column sums of dG, the input side's columns 0..GH and the
-  // hidden side's ranges (for GRU not the same columns).
+  // Bias gradients from the column sums of dG: the input side's columns 0..GH
+  // and the hidden side's ranges (for GRU not the same columns).
   Tensor db_ih, db_hh;
   if (L.bias) {
     db_ih = at::empty({GH}, opts), db_hh = at::empty({GH}, opts);
     AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd_bias", [&] {
-      const int64_t dgc = dg.size(1);
-      std::vector<scalar_t> sums(dgc);
-      column_sums<scalar_t>(L.N, dgc, dg.data_ptr<scalar_t>(), dgc, sums.data());
-      std::copy_n(sums.data(), GH, db_ih.data_ptr<scalar_t>());
+      std::copy_n(bias_sums.data(), GH, db_ih.data_ptr<scalar_t>());
       for (const Range& r : hidden_side)
-        std::copy_n(sums.data() + r.dg_col, r.rows, db_hh.data_ptr<scalar_t>() + r.w_row);
+        std::copy_n(bias_sums.data() + r.dg_col, r.rows, db_hh.data_ptr<scalar_t>() + r.w_row);
     });
   }
 

@@ -12,6 +12,8 @@
 
 #include <stdint.h>
 
+#include "fastrnn/cpu/small_gemm.h"
+
 namespace fastrnn::cpu {
 
 // C (M, n) = (accumulate ? C : 0) + op(A) @ op(B), row stride of C ldc:
@@ -24,11 +26,17 @@ template <typename S>
 void gemm(int64_t M, int64_t n, int64_t K, const S* A, int64_t lda, bool a_transposed,
           const S* B, bool b_transposed, S* C, int64_t ldc, bool accumulate);
 
-// out (n) = the sums of the columns of A (M, n), row stride lda: the bias
-// gradients, sum over tokens of dG. Each column is added up in row order in
+// The same with op(B) (B.K, B.n) packed by the caller (pack_rhs), for a
+// right operand used by several products.
+template <typename S>
+void gemm(int64_t M, const S* A, int64_t lda, bool a_transposed, const Packed<S>& B, S* C,
+          int64_t ldc, bool accumulate);
+
+// acc (n) += the sums of the columns of A (M, n), row stride lda: the bias
+// gradients, sums over tokens of dG. Each column is added up in row order in
 // double (for float, more accurate than a float cascade over ~1e5 rows), so
 // the result does not depend on the thread count. Threads split the columns.
 template <typename S>
-void column_sums(int64_t M, int64_t n, const S* A, int64_t lda, S* out);
+void add_column_sums(int64_t M, int64_t n, const S* A, int64_t lda, double* acc);
 
 }  // namespace fastrnn::cpu

@@ -84,20 +84,28 @@ struct BackwardArgs {
                     // the caller (dh += dG_hidden @ W_hh; the GRU loop writes its direct
                     // term dh * z into dh first, the others leave dh undefined)
   Packed<S> whr;    // W_hr (P, H) when projecting, else data = null
-  S* dh;            // (B, P) in: dL/dh_n, out: dL/dh0
-  S* dc;            // (B, H) in: dL/dc_n, out: dL/dc0; LSTM only, else null
-  S* dg;            // (N, dgate_columns) out: dL/d pre-activations
-  S* h_prev;        // (N, P) out: the h each token's step read (for dW_hh)
-  S* dy_total;      // (N, P) out when projecting: dL/dy including the recurrent part
-  S* h_cell;        // (N, H) out when projecting: o * tanh(c), the input of W_hr
+  S* dh;            // (B, P) in: dL/dh of the step after the range (dL/dh_n at first),
+                    // out: dL/dh of the range's first step (dL/dh0 at last)
+  S* dc;            // (B, H) the same for c; LSTM only, else null
+  // Per-token outputs, for the packed rows [row0, row0 + R) of the steps run
+  // (see s_begin below), row r of each at index r - row0:
+  S* dg;            // (R, dgate_columns) out: dL/d pre-activations
+  S* h_prev;        // (R, P) out: the h each token's step read (for dW_hh)
+  S* dy_total;      // (R, P) out when projecting: dL/dy including the recurrent part
+  S* h_cell;        // (R, H) out when projecting: o * tanh(c), the input of W_hr
   // A bfloat16 layer's per-step product dh = dG_hidden @ W_hh on bf16 dot
   // products when bf16.whh.data is set (S = float, T > 1, no projection, H
   // even): dG enters it rounded to bfloat16, as in torch.nn's bf16 kernels.
   // Then whh above is unused.
   struct Bf16Operands {
     PackedBf16 whh;  // W_hh (G*H, P): pack_bf16(w_hh, G*H, P)
-    uint16_t* dg;    // (N, dgate_columns) out: dg rounded to bfloat16
+    uint16_t* dg;    // (R, dgate_columns) out: dg rounded to bfloat16
   } bf16;
+  // The steps run: s_begin <= s < s_end in processing order (walked from
+  // s_end - 1 down; all of them: 0 and T), whose packed rows start at row0.
+  // Calls over consecutive ranges from the end carry dh and dc between them,
+  // so the caller can consume dg range by range (layer_ops.cpp).
+  int64_t s_begin, s_end, row0;
 };
 
 template <typename S>
