@@ -235,12 +235,13 @@ def test_backward_in_step_ranges(mode, proj, reverse, threads, monkeypatch):
 
 
 def test_long_sequence_buffers():
-    """A workspace and dG of >= 32 MiB (layer_ops.cpp, fresh: hinted to huge
-    pages before first touch) hold the same numbers: an LSTM over 8320 tokens
-    against torch.nn, outputs, states and gradients."""
+    """A workspace of >= 32 MiB (layer_ops.cpp, fresh: hinted to huge pages
+    before first touch) holds the same numbers, and the backward runs in
+    several ranges of steps: an LSTM over 8320 tokens against torch.nn,
+    outputs, states and gradients."""
     torch.manual_seed(0)
     T, B, H = 520, 16, 256
-    assert T * B * 4 * H * 4 >= 32 << 20  # dG: 4H floats per token; the workspace 5H
+    assert T * B * _ops.WORKSPACE_BLOCKS["LSTM"] * H * 4 >= 32 << 20
     ref = torch.nn.LSTM(8, H)
     ours = fastrnn.LSTM(8, H)
     ours.load_state_dict(ref.state_dict())

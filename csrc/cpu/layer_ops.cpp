@@ -143,10 +143,11 @@ Tensor state_copy(const Tensor& t, at::ScalarType ct) {
 // with those of 32 MiB and more hinted to transparent huge pages before their
 // first touch. glibc maps such a block afresh on every call (its mmap
 // threshold stops growing at 32 MiB), so each call faulted it in 4 KiB pages:
-// at T = 1024, B = 16, H = 128 an LSTM's 42 MiB workspace and 34 MiB dG cost
-// 16 ms of a 65 ms forward and 15 ms of a 124 ms backward (op alone, 1
-// thread); with the hint, 49 and 110 ms. Smaller blocks come from the heap,
-// already mapped. Where THP is off the hint does nothing.
+// at T = 1024, B = 16, H = 128 an LSTM's 42 MiB workspace and (before the
+// backward ran in ranges of steps) 34 MiB dG cost 16 ms of a 65 ms forward
+// and 15 ms of a 124 ms backward (op alone, 1 thread); with the hint, 49 and
+// 110 ms. Smaller blocks come from the heap, already mapped. Where THP is off
+// the hint does nothing.
 Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   Tensor t = at::empty(sizes, opts);
 #ifdef MADV_HUGEPAGE
