@@ -498,7 +498,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     dx = at::mm(dg16_x, w_ih);
     dw_ih = at::mm(dg16_x.t(), x);
     std::vector<Tensor> rows;
-    for (const Range& r : hidden_side) rows.push_back(at::mm(dg16.narrow(1, r.dg_col, r.rows).t(), hp16));
+    for (const Range& r : hidden_side)
+      rows.push_back(at::mm(dg16.narrow(1, r.dg_col, r.rows).t(), hp16));
     dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
   }
 

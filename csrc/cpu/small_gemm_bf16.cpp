@@ -7,6 +7,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstring>
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
@@ -49,22 +50,7 @@ void pack_bf16(const uint16_t* b, int64_t K, int64_t n, uint16_t* dst) {
 }
 
 void to_bf16_row(const float* src, uint16_t* dst, int64_t n) {
-  int64_t j = 0;
-#if defined(__AVX512BF16__)
-  // to_bf16 on 16 lanes: bits + 0x7fff + (bit 16), high halves; NaN -> 0x7fc0.
-  const __m512i round = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
-  const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-  const __m512i qnan = _mm512_set1_epi32(0x7fc0);
-  for (; j + 16 <= n; j += 16) {
-    const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(src + j));
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, round), lsb), 16);
-    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
-    r = _mm512_mask_mov_epi32(r, nan, qnan);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j), _mm512_cvtepi32_epi16(r));
-  }
-#endif
-  for (; j < n; ++j) dst[j] = to_bf16(src[j]);
+  at::vec::convert(src, reinterpret_cast<c10::BFloat16*>(dst), n);
 }
 
 #if defined(__AVX512BF16__)

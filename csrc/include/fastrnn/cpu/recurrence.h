@@ -80,9 +80,11 @@ struct BackwardArgs {
   const S* c0;      // (B, H) LSTM, else null
   const S* ws;      // (N, workspace::columns(mode, H)) from forward_loop
   Packed<S> whh;    // W_hh (G*H, P): pack_rhs(w_hh, G*H, P, /*transpose=*/false), or
-                    // data = null when T = 1: the loop then leaves dh0's GEMM term to
-                    // the caller (dh += dG_hidden @ W_hh; the GRU loop writes its direct
-                    // term dh * z into dh first, the others leave dh undefined)
+                    // data = null for a single step whose products are BLAS calls
+                    // (layer_ops.cpp, blas_single_step): the loop then leaves dh0's
+                    // GEMM term to the caller (dh += dG_hidden @ W_hh; the GRU loop
+                    // writes its direct term dh * z into dh first, the others leave
+                    // dh undefined)
   Packed<S> whr;    // W_hr (P, H) when projecting, else data = null
   S* dh;            // (B, P) in: dL/dh of the step after the range (dL/dh_n at first),
                     // out: dL/dh of the range's first step (dL/dh0 at last)

@@ -11,7 +11,6 @@
 #pragma once
 
 #include <stdint.h>
-#include <string.h>
 
 namespace fastrnn::cpu {
 
@@ -49,15 +48,8 @@ void pack_bf16(const uint16_t* b, int64_t K, int64_t n, uint16_t* dst);
 void small_gemm_bf16(int64_t rows, const uint16_t* A, int64_t lda, const PackedBf16& B,
                      int64_t k0, int64_t K, float* C, int64_t ldc, bool accumulate);
 
-// dst[0:n] = src[0:n] rounded to bfloat16 with to_bf16 (vectorized).
+// dst[0:n] = src[0:n] rounded to bfloat16 as torch rounds float -> bfloat16
+// (nearest even; ATen's vectorized conversion).
 void to_bf16_row(const float* src, uint16_t* dst, int64_t n);
-
-// Round to nearest even, as torch's float -> bfloat16 conversion (NaN stays NaN).
-inline uint16_t to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 
 }  // namespace fastrnn::cpu
