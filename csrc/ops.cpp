@@ -1,5 +1,6 @@
 // The schemas of fastrnn's native ops, declared once for every device.
-// fastrnn/_ops.py registers their fake (meta) kernels and autograd formula;
+// fastrnn/_ops.py registers their fake (meta) kernels, csrc/autograd.cpp the
+// autograd kernels of layer_fwd and bilayer_fwd;
 // csrc/cpu/ and csrc/cuda/ register the device kernels.
 //
 // layer_fwd runs one recurrent layer in one direction over packed rows

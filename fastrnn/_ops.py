@@ -1,10 +1,9 @@
 """Python side of the native ops fastrnn::layer_fwd / layer_bwd (csrc/ops.cpp).
 
-Importing this module loads fastrnn._C (which registers the schemas and the
-device kernels) and adds what torch needs above the kernels, for these ops and
-for their two-direction forms bilayer_fwd / bilayer_bwd:
-  * fake kernels, so torch.compile / FakeTensor can trace the ops;
-  * the autograd formula of layer_fwd, which calls layer_bwd.
+Importing this module loads fastrnn._C, which registers the schemas, the
+device kernels and the autograd kernels (csrc/autograd.cpp: the gradient of
+layer_fwd is layer_bwd, that of bilayer_fwd is bilayer_bwd), and adds the fake
+kernels of these ops, so that torch.compile / FakeTensor can trace them.
 `layer` is the one-layer entry point shared by the cpu and cuda backends.
 """
 from __future__ import annotations
@@ -83,131 +82,18 @@ def _bilayer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, 
     return (dx[0], *per_direction)
 
 
-def _setup_context(ctx, inputs, output):
-    mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save = inputs
-    y, _, _, workspace = output
-    ctx.mode, ctx.reverse, ctx.save = mode, reverse, save
-    ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace)
-
-
-def _grad(g: Optional[Tensor], like: Tensor) -> Tensor:
-    # Incoming grads may be None, expanded (stride 0, e.g. from .sum()) or
-    # otherwise strided; the kernel wants dense tensors.
-    return torch.zeros_like(like) if g is None else g.contiguous()
-
-
 def _needs_saving(tensors) -> bool:
     """Whether autograd will call backward: only then does forward keep a workspace."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
-def _check_saved(ctx, op: str) -> None:
-    if not ctx.save:
-        raise RuntimeError(f"fastrnn::{op} ran with save=False (inference) and cannot be differentiated")
-
-
-def _backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
-    _check_saved(ctx, "layer_fwd")
-    x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace = ctx.saved_tensors
-    grad_c = x.new_empty((0,)) if ctx.mode != "LSTM" else _grad(grad_c_n, c0)
-    grads = torch.ops.fastrnn.layer_bwd.default(
-        ctx.mode, _grad(grad_y, y), _grad(grad_h_n, h0), grad_c, x, batch_sizes, h0, c0,
-        w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, ctx.reverse,
-    )
-    # Outputs that do not apply (the op returns them empty) belong to inputs
-    # that were None; matching on the input, not on numel, keeps genuinely
-    # empty gradients (e.g. input_size 0) intact.
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = (
-        None if given is None else g
-        for g, given in zip(grads, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
-    )
-    return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
-
-
-torch.library.register_autograd(
-    "fastrnn::layer_fwd", _backward, setup_context=_setup_context
-)
-
-
-def _bi_setup_context(ctx, inputs, output):
-    mode, x, batch_sizes, *lists, save = inputs
-    y, _, _, workspace = output
-    ctx.mode, ctx.save = mode, save
-    ctx.lengths = [len(lst) for lst in lists]  # 2, or 0 for an absent optional
-    ctx.save_for_backward(x, batch_sizes, *(t for lst in lists for t in lst), *y, *workspace)
-
-
-def _bi_backward(ctx, grad_y, grad_h_n, grad_c_n, grad_workspace):
-    _check_saved(ctx, "bilayer_fwd")
-    x, batch_sizes, *flat = ctx.saved_tensors
-    lists = []
-    for n in ctx.lengths:
-        lists.append(flat[:n])
-        flat = flat[n:]
-    y, workspace = flat[:2], flat[2:]
-    h0, c0 = lists[0], lists[1]
-    grad_c = ([x.new_empty((0,))] * 2 if ctx.mode != "LSTM"
-              else [_grad(grad_c_n[d], c0[d]) for d in (0, 1)])
-    dx, *grads = torch.ops.fastrnn.bilayer_bwd(
-        ctx.mode, [_grad(grad_y[d], y[d]) for d in (0, 1)],
-        [_grad(grad_h_n[d], h0[d]) for d in (0, 1)], grad_c, x, batch_sizes, *lists, y,
-        workspace,
-    )
-    # An absent optional argument is an empty list; so is its gradient.
-    grads = [g if given else [] for g, given in zip(grads, lists)]
-    return (None, dx, None, *grads, None)
-
-
-torch.library.register_autograd(
-    "fastrnn::bilayer_fwd", _bi_backward, setup_context=_bi_setup_context
-)
-
-
-class _LayerEager(torch.autograd.Function):
-    """layer_fwd with its registered autograd formula, for eager calls.
-
-    torch.library's autograd wrapper costs about 50 us a call on this machine
-    (it rebuilds the schema's argument list several times per call to fill
-    defaults, then redispatches from Python), as much as a whole cell step
-    (docs/cpu_kernels.md). Eager calls of `layer` go through this Function: the
-    same setup_context and backward, with the op called below the Autograd key.
-    forward takes ctx itself: a separate setup_context staticmethod would make
-    Function.apply bind the arguments through inspect.signature, ~20 us more.
-    Traced calls (torch.compile) and functorch transforms use the op itself, so
-    graphs hold the custom op and its registered formula. (bilayer_fwd keeps the registered path: an
-    autograd.Function does not see tensors inside its list arguments.)
-
-    Only y, h_n and c_n (LSTM) are outputs of the Function: each output costs
-    autograd ~3 us a call, and the workspace is saved, not differentiated.
-    """
-
-    @staticmethod
-    def forward(ctx, *args):
-        # Unused outputs (e.g. a cell's y) get None, not zeros made by
-        # autograd: _backward fills only what the kernel reads.
-        ctx.set_materialize_grads(False)
-        with torch._C._AutoDispatchBelowAutograd():
-            output = torch.ops.fastrnn.layer_fwd.default(*args)
-        _setup_context(ctx, args, output)
-        return output[:3] if args[0] == "LSTM" else output[:2]
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_h_n, grad_c_n=None):
-        return _backward(ctx, grad_y, grad_h_n, grad_c_n, None)
-
-
-def _bare_apply(function: type) -> object:
-    """function.apply without autograd.Function's Python prologue (it binds
-    default arguments for a setup_context and unwraps functorch's dead
-    wrappers: ~4.5 us a call here). `layer` calls it only outside functorch
-    transforms, where that prologue changes nothing; a torch without the C
-    method keeps the full apply."""
-    base = getattr(torch._C, "_FunctionBase", None)
-    method = base.__dict__.get("apply") if base is not None else None
-    return method.__get__(None, function) if hasattr(method, "__get__") else function.apply
-
-
-_layer_eager = _bare_apply(_LayerEager)
+def _dense(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
 
 
 def layer(
@@ -220,21 +106,13 @@ def layer(
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer, one direction through the native op (contract: backends/base.py)."""
-    save = _needs_saving((x, h0, c0, *weights))
-
-    def dense(t: Optional[Tensor]) -> Optional[Tensor]:
-        return None if t is None else t.contiguous()
-
-    args = (spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), dense(c0),
-            *(dense(w) for w in weights), reverse, save)
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd(*args)
-    elif save:
-        y, h_n, *c_n = _layer_eager(*args)
-        return y, h_n, (c_n[0] if c_n else None)
-    else:  # nothing to differentiate: straight to the kernel
-        with torch._C._AutoDispatchBelowAutograd():
-            y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd.default(*args)
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    save = _needs_saving((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd.default(
+        spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), _dense(c0),
+        w_ih.contiguous(), w_hh.contiguous(), _dense(b_ih), _dense(b_hh), _dense(w_hr), reverse,
+        save,
+    )
     return y, h_n, (c_n if spec.mode == "LSTM" else None)
 
 
@@ -246,7 +124,7 @@ def bidirectional_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0,
     def pair(*ts: Optional[Tensor]) -> list[Tensor]:
         return [] if ts[0] is None else [t.contiguous() for t in ts]
 
-    y, h_n, c_n, _ = torch.ops.fastrnn.bilayer_fwd(
+    y, h_n, c_n, _ = torch.ops.fastrnn.bilayer_fwd.default(
         spec.mode, x.contiguous(), batch_sizes.contiguous(), pair(*h0), pair(*c0),
         *(pair(*ws) for ws in zip(*weights)), save,
     )

@@ -69,13 +69,13 @@ def use_backend(name: str) -> Iterator[None]:
         _override.pop()
 
 
-def chain(device_type: str) -> list[str]:
+def chain(device_type: str) -> tuple[str, ...]:
     want = requested()
-    auto = list(AUTO_CHAIN.get(device_type, ("reference",)))
+    auto = AUTO_CHAIN.get(device_type, ("reference",))
     if want == "auto":
         return auto
     get(want)
-    return [want] + [n for n in auto if n != want]
+    return (want, *(n for n in auto if n != want))
 
 
 def select(spec: LayerSpec, x: Tensor) -> Backend:

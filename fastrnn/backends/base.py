@@ -28,7 +28,6 @@ then asks the next backend, so a decline never produces a wrong result.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 from torch import Tensor
@@ -37,9 +36,10 @@ MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
-@dataclass(frozen=True)
-class LayerSpec:
-    """What a layer computes; independent of the data it runs on."""
+class LayerSpec(NamedTuple):
+    """What a layer computes; independent of the data it runs on. (A NamedTuple,
+    not a frozen dataclass: it is made on every call, and a frozen dataclass
+    costs ~0.5 us more to construct.)"""
 
     mode: str
     input_size: int

@@ -45,13 +45,15 @@ class _FusedCell:
             states = (zeros, zeros) if lstm else (zeros,)
         elif not is_batched:
             states = tuple(s.unsqueeze(0) for s in states)
-        self._check(x, states)
+        weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
+        if hx is not None:  # a state made above needs no checks
+            self._check(x, states, weights.w_ih)
+        elif x.size(1) != self.input_size or x.dtype != weights.w_ih.dtype:
+            self._check(x, (), weights.w_ih)
 
-        spec = LayerSpec(mode, self.input_size, self.hidden_size, 0, self.bias)
-        weights = self._weights()
         used: list[str] = []
         _, h, c = run_layer(
-            spec,
+            LayerSpec(mode, self.input_size, self.hidden_size, 0, self.bias),
             x.contiguous(),
             padded_batch_sizes(1, batch),
             states[0].contiguous(),
@@ -66,15 +68,12 @@ class _FusedCell:
             c = c.squeeze(0) if lstm else None
         return (h, c) if lstm else h
 
-    def _weights(self) -> LayerWeights:
-        return LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
-
-    def _check(self, x: Tensor, states: tuple[Tensor, ...]) -> None:
+    def _check(self, x: Tensor, states: tuple[Tensor, ...], w_ih: Tensor) -> None:
         """The checks torch.nn's cells make in C++, with the same RuntimeError class."""
         if x.size(1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
-        if x.dtype != self.weight_ih.dtype:
-            raise RuntimeError(f"input dtype ({x.dtype}) does not match weight dtype ({self.weight_ih.dtype})")
+        if x.dtype != w_ih.dtype:
+            raise RuntimeError(f"input dtype ({x.dtype}) does not match weight dtype ({w_ih.dtype})")
         for idx, state in enumerate(states):
             if state.dim() != 2 or state.size(0) != x.size(0):
                 raise RuntimeError(
