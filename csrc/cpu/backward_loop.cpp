@@ -9,7 +9,6 @@
 // The weight gradients are left to large GEMMs after each range, which is why
 // the loop also writes h_prev (and, projecting, dy_total and h_cell) per token.
 #include <cstring>
-#include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
@@ -31,7 +30,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
   const int64_t dgc = dgate_columns(M, H);
   const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr.data != nullptr;
-  std::vector<S> dh_cell(project ? (b1 - b0) * H : 0);
+  S* const dh_cell = project ? a.dh_cell + b0 * H : nullptr;  // this tile's rows
   // The columns of W_hh (its output side, P) whose dh this part carries.
   const Packed<S> whh = a.whh.data ? packed_columns(a.whh, part.o0, part.o1 - part.o0) : a.whh;
   const PackedBf16 whh16 =
@@ -52,7 +51,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
           (V::loadu(gy + j, n) + V::loadu(dh + r * P + j, n)).store(dy + j, n);
         });
       }
-      small_gemm<S>(live, a.dy_total + (n0 - a.row0) * P, P, a.whr, 0, P, dh_cell.data(), H,
+      small_gemm<S>(live, a.dy_total + (n0 - a.row0) * P, P, a.whr, 0, P, dh_cell, H,
                     false);
     }
 
@@ -68,7 +67,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
       for_each_vector<S>(j0, j1, [&](int64_t j, int64_t cnt) {
         auto ld = [&](const S* q) { return V::loadu(q + j, cnt); };
         auto st = [&](const V& v, S* q) { v.store(q + j, cnt); };
-        const V dh_t = project ? ld(dh_cell.data() + r * H) : ld(gy) + ld(dhr);
+        const V dh_t = project ? ld(dh_cell + r * H) : ld(gy) + ld(dhr);
         if constexpr (M == Mode::LSTM) {
           const S* cp = p >= 0 ? a.ws + p * cols + ws_col::kLstmC * H : a.c0 + b * H;
           S* dc = a.dc + b * H;

@@ -5,10 +5,9 @@
 // vectorized pass that adds the input projection,
 // applies the gate math of fastrnn/gates.h, updates the state in place and
 // writes y and the workspace. With a projection, a second small GEMM maps the
-// cell outputs through W_hr into y and h. Scratch is allocated once per call.
+// cell outputs through W_hr into y and h. The loop allocates nothing.
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
@@ -36,8 +35,11 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
   const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
   const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr_t.data != nullptr;
-  std::vector<S> gh(a.gh0 != nullptr && d.T == 1 ? 0 : (b1 - b0) * GH);
-  std::vector<S> gx_step(a.gx ? 0 : (b1 - b0) * GH);  // this step's projection (per-step form)
+  // This part's share of the caller's per-step buffers (ForwardArgs::gh): a
+  // batch tile's rows, or a hidden slice's columns of every row.
+  S* const gh = a.gh ? a.gh + b0 * GH : nullptr;
+  S* const gx_step = a.gx_step ? a.gx_step + b0 * GH : nullptr;
+  S* const h_cell = project ? a.h_cell + b0 * H : nullptr;
   // fn(operand's columns, first column) for the columns of every gate this
   // part computes: all of them, or units [j0, j1) of each gate.
   auto for_part_columns = [&](const auto& w, auto&& fn) {
@@ -45,7 +47,6 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     for (int64_t g = 0; g < gates(M); ++g)
       fn(packed_columns(w, g * H + j0, j1 - j0), g * H + j0);
   };
-  std::vector<S> h_cell(project ? (b1 - b0) * H : 0);
 
   for (int64_t s = 0; s < d.T; ++s) {
     const int64_t t = steps.step(s);
@@ -61,7 +62,7 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     const S* y_prev = s == 0 ? nullptr : a.y + steps.row(steps.step(s - 1), b0) * P;
     part.sync->wait();  // every slice of h_{t-1} written
     const bool given = s == 0 && a.gh0 != nullptr;  // first step's h0 @ W_hh^T precomputed
-    const S* gh_rows = given ? a.gh0 + b0 * GH : gh.data();
+    const S* gh_rows = given ? a.gh0 + b0 * GH : gh;
     // out[0:live] = h_{t-1} @ w, rows carried from y_prev and rows joining from h0.
     auto recurrent = [&](const auto& w, S* out) {
       if constexpr (bf16) {  // the same rows of the bf16 copy of y
@@ -77,18 +78,18 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     };
     if (!given)
       for_part_columns(pick<bf16>(a.bf16.whh_t, a.whh_t),
-                       [&](const auto& w, int64_t c0) { recurrent(w, gh.data() + c0); });
-    const S* gx_rows = a.gx ? a.gx + n0 * GH : gx_step.data();
+                       [&](const auto& w, int64_t c0) { recurrent(w, gh + c0); });
+    const S* gx_rows = a.gx ? a.gx + n0 * GH : gx_step;
     if (!a.gx) {  // gx_step[0:live] = bias + x_t @ W_ih^T
       auto project = [&](const auto& w, int64_t c0) {
         if (a.bias)
           for (int64_t r = 0; r < live; ++r)
-            std::memcpy(gx_step.data() + r * GH + c0, a.bias + c0, sizeof(S) * w.n);
+            std::memcpy(gx_step + r * GH + c0, a.bias + c0, sizeof(S) * w.n);
         if constexpr (bf16)
-          small_gemm_bf16(live, a.bf16.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,
+          small_gemm_bf16(live, a.bf16.x + n0 * w.K, w.K, w, 0, w.K, gx_step + c0, GH,
                           /*accumulate=*/a.bias != nullptr);
         else
-          small_gemm<S>(live, a.x + n0 * w.K, w.K, w, 0, w.K, gx_step.data() + c0, GH,
+          small_gemm<S>(live, a.x + n0 * w.K, w.K, w, 0, w.K, gx_step + c0, GH,
                         /*accumulate=*/a.bias != nullptr);
       };
       for_part_columns(pick<bf16>(a.bf16.wih_t, a.wih_t), project);
@@ -117,7 +118,7 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
             st(o.c, ws + ws_col::kLstmC * H);
           }
           if (project) {
-            st(o.h, h_cell.data() + r * H);
+            st(o.h, h_cell + r * H);
           } else {
             st(o.h, yr);
             st(o.h, hr);
@@ -151,7 +152,7 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
 
     if (project) {
       S* y = a.y + n0 * P;
-      small_gemm<S>(live, h_cell.data(), H, a.whr_t, 0, H, y, P, /*accumulate=*/false);
+      small_gemm<S>(live, h_cell, H, a.whr_t, 0, H, y, P, /*accumulate=*/false);
       std::memcpy(h, y, sizeof(S) * live * P);
     }
   }

@@ -287,6 +287,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const Tensor gx_single = single ? product(xc, wih, b_ih) : Tensor();
   const Tensor gh0 = single ? product(h0c, whh, b_hh) : Tensor();
 
+  // The loop's per-step scratch (ForwardArgs::gh).
+  const Tensor gh_step = single ? Tensor() : at::empty({L.B, GH}, opts);
+  const Tensor gx_step = per_step ? at::empty({L.B, GH}, opts) : Tensor();
+  const Tensor h_cell = L.project ? at::empty({L.B, L.H}, opts) : Tensor();
+
   const bool fold = L.bias && !single;
   const Tensor bih = fold ? in_compute(*b_ih, ct) : Tensor();
   const Tensor bhh = fold ? in_compute(*b_hh, ct) : Tensor();
@@ -341,6 +346,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
         c.defined() ? c.data_ptr<scalar_t>() : nullptr,
         y.data_ptr<scalar_t>(),
         save ? ws.data_ptr<scalar_t>() : nullptr,
+        ptr(gh_step),
+        ptr(gx_step),
+        ptr(h_cell),
         bf16};
     forward_loop<scalar_t>(dims, args);
   });
@@ -410,6 +418,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   Tensor h_prev = fresh({rows, L.P}, opts);
   Tensor dy_total = L.project ? at::empty({rows, L.P}, opts) : Tensor();
   Tensor h_cell = L.project ? at::empty({rows, H}, opts) : Tensor();
+  Tensor dh_cell = L.project ? at::empty({L.B, H}, opts) : Tensor();
   Tensor dg16 = bf16_loop ? at::empty(dg.sizes(), x.options()) : Tensor();
 
   // GRU's hidden side differs from its input side in the n gate:
@@ -445,7 +454,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
                             : packed<S>(whh, GH, L.P, /*transpose=*/false, whh_storage),
         L.project ? packed<S>(in_compute(*w_hr, ct), L.P, H, false, whr_storage)
                   : Packed<S>{nullptr, 0, 0},
-        ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), bf16, 0, 0, 0};
+        ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), ptr(dh_cell),
+        bf16, 0, 0, 0};
     // dx = dG @ W_ih, W_ih packed once for every range.
     const Packed<S> wih_p = single || bf16_products
                                 ? Packed<S>{nullptr, GH, L.I}
