@@ -28,14 +28,15 @@ CONFIGS = [  # (mode, proj_size)
 
 
 def make_case(mode, proj=0, bias=True, sizes=PACKED, input_size=7, hidden=5, dtype=torch.float64,
-              seed=0):
-    """Fresh random inputs in float64, rounded to `dtype`'s precision (so an oracle in
-    float64 sees exactly the values the kernel sees), returned in float64."""
+              seed=0, scale=0.4):
+    """Fresh random inputs in float64 (standard deviation `scale`), rounded to
+    `dtype`'s precision (so an oracle in float64 sees exactly the values the
+    kernel sees), returned in float64."""
     gen = torch.Generator().manual_seed(seed)
     gates, out = GATES[mode], proj or hidden
 
     def rand(*shape):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.4).to(dtype).double()
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).double()
 
     batch = sizes[0]
     weights = LayerWeights(
@@ -192,16 +193,22 @@ def test_projection_forms_and_single_step(mode, proj, form, reverse, bias):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("hidden", [70, 130])
 @pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", 5), ("GRU", 0)])
-def test_large_products(mode, proj, threads):
+def test_large_products(mode, proj, hidden, threads):
     """The products around the loops (gemm.cpp) past one K slice (256 tokens)
     and a ragged last 8-row block: N = 375 tokens in both projection forms
-    (B = 9 per step, and B = 3 for the hoisted one), G*H = 3*70 or 4*70
-    gradient rows split between threads. (No RNN: with these weights a 125-step
-    tanh recurrence is chaotic and amplifies float64 rounding past the
-    tolerance; RNN runs the same products.)"""
+    (B = 9 per step, and B = 3 for the hoisted one), G*H = 3 or 4 * hidden
+    gradient rows split between threads. At hidden = 130 a float64 row of dG
+    is over 4 KiB, so the weight gradients read it through transposed slices
+    (with a ragged last group of 128 rows); at 70, in place. Weights scale
+    with 1/sqrt(hidden), so that W_hh stretches h alike at both sizes. (No
+    RNN: with these weights a 125-step tanh recurrence is chaotic and
+    amplifies float64 rounding past the tolerance; RNN runs the same
+    products.)"""
     for sizes in ([9] * 40 + [7, 5, 3], [3] * 125):
-        case = make_case(mode, proj, sizes=sizes, hidden=70, input_size=33)
+        case = make_case(mode, proj, sizes=sizes, hidden=hidden, input_size=33,
+                         scale=0.4 * (70 / hidden) ** 0.5)
         assert_matches_oracle(case, False, threads)
         if threads == 2:  # N x G*H > 64K: the bias column sums split too
             runs = []

@@ -4,8 +4,11 @@
 // They run on small_gemm's register blocks rather than BLAS: on this project's
 // AMD Zen 4 machine (1 thread, N = 4096 tokens, G*H = 512, I = 128) the input
 // projection and dx run at 102-109 GFLOP/s where MKL's sgemm reaches 85-90;
-// the weight gradients, which read dG^T in place (small_gemm's a_transposed),
-// run at MKL's rate (86-87), and need no transposed copy of dG.
+// the weight gradients read dG^T in place (small_gemm's a_transposed) at
+// MKL's rate (86-87) or better, with no transposed copy of dG, except where
+// dG's rows are 4 KiB or longer: there 128 x 256 blocks of it are transposed
+// on the way (gemm.cpp), 104-106 GFLOP/s at G*H = 4096, I = 1024 against
+// MKL's 101.
 // Threads split the rows of C; K is walked in slices whose packed rows stay in
 // L2 while every row block of a thread reuses them.
 #pragma once
