@@ -82,6 +82,49 @@ def _bilayer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, 
     return (dx[0], *per_direction)
 
 
+class _LayerForTransforms(torch.autograd.Function):
+    """layer_fwd under torch.func transforms (grad, vjp, jacrev, ...), which
+    cannot run the op's C++ autograd kernel (a torch::autograd::Function): the
+    same gradient, layer_bwd, wired in Python. Inside forward, grad mode is off,
+    so the op goes straight to its device kernel."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return torch.ops.fastrnn.layer_fwd.default(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save = inputs
+        y, _, _, workspace = output
+        ctx.mode, ctx.reverse, ctx.save = mode, reverse, save
+        ctx.mark_non_differentiable(workspace)
+        ctx.save_for_backward(x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace)
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_workspace):
+        if not ctx.save:
+            raise RuntimeError("fastrnn::layer_fwd ran with save=False (inference) and cannot be "
+                               "differentiated")
+        x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace = ctx.saved_tensors
+
+        def dense(g: Optional[Tensor], like: Tensor) -> Tensor:  # as csrc/autograd.cpp
+            return torch.zeros_like(like) if g is None else g.contiguous()
+
+        grad_c = dense(grad_c_n, c0) if ctx.mode == "LSTM" else x.new_empty((0,))
+        grads = torch.ops.fastrnn.layer_bwd.default(
+            ctx.mode, dense(grad_y, y), dense(grad_h_n, h0), grad_c, x, batch_sizes, h0, c0,
+            w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, ctx.reverse,
+        )
+        # An absent optional input has no gradient (the kernel returns it empty).
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = (
+            None if given is None else g
+            for g, given in zip(grads, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+        )
+        return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
+
+
 def _needs_saving(tensors) -> bool:
     """Whether autograd will call backward: only then does forward keep a workspace."""
     if not torch.is_grad_enabled():
@@ -108,17 +151,22 @@ def layer(
     """One layer, one direction through the native op (contract: backends/base.py)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     save = _needs_saving((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
-    y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd.default(
-        spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), _dense(c0),
-        w_ih.contiguous(), w_hh.contiguous(), _dense(b_ih), _dense(b_hh), _dense(w_hr), reverse,
-        save,
-    )
+    args = (spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), _dense(c0),
+            w_ih.contiguous(), w_hh.contiguous(), _dense(b_ih), _dense(b_hh), _dense(w_hr),
+            reverse, save)
+    if torch._C._are_functorch_transforms_active():
+        y, h_n, c_n, _ = _LayerForTransforms.apply(*args)
+    else:
+        y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd.default(*args)
     return y, h_n, (c_n if spec.mode == "LSTM" else None)
 
 
 def bidirectional_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0, weights):
     """Both directions of one layer in one native call (the CPU kernel runs them
-    concurrently). Contract: Backend.bidirectional_layer in backends/base.py."""
+    concurrently). Contract: Backend.bidirectional_layer in backends/base.py.
+    Under torch.func transforms, two `layer` calls (see _LayerForTransforms)."""
+    if torch._C._are_functorch_transforms_active():
+        return tuple(layer(spec, x, batch_sizes, h0[d], c0[d], weights[d], d == 1) for d in (0, 1))
     save = _needs_saving((x, *h0, *c0, *weights[0], *weights[1]))
 
     def pair(*ts: Optional[Tensor]) -> list[Tensor]:

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
 import fastrnn
 
@@ -108,6 +108,45 @@ def test_inplace_update_and_functional_call(name, kwargs):
     twin.load_state_dict(params)
     torch.testing.assert_close(got, _first_tensor(twin(*args)))
     assert not torch.allclose(got, after)
+
+
+@pytest.mark.parametrize("name,kwargs", PAIRS)
+def test_torch_func_grad_matches_torch(name, kwargs):
+    """torch.func.grad through functional_call gives torch.nn's gradients (the
+    op's C++ autograd kernel cannot run under torch.func transforms; those
+    calls take a Python autograd.Function to the same backward op)."""
+    ref, ours = build(name, kwargs)
+    ref.load_state_dict(ours.state_dict())
+    ref.eval(), ours.eval()  # no dropout draws
+    args = sample_input(name, ours)
+
+    def loss(module):
+        return lambda params: _first_tensor(functional_call(module, params, args)).square().sum()
+
+    got = grad(loss(ours))(dict(ours.named_parameters()))
+    want = grad(loss(ref))(dict(ref.named_parameters()))
+    assert ours.last_backend == "cpu"
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value)
+
+
+def test_per_sample_gradients_with_vmap():
+    """vmap(grad(...)) gives per-sample gradients equal to one grad call per
+    sample (torch.nn's RNN ops have no batching rule, so torch.nn cannot)."""
+    torch.manual_seed(0)
+    ours = fastrnn.LSTM(5, 7, bidirectional=True)
+    params = {n: p.detach() for n, p in ours.named_parameters()}
+    samples = torch.randn(3, 4, 5)  # 3 samples of 4 steps
+
+    def loss(params, sample):
+        return functional_call(ours, params, (sample.unsqueeze(1),))[0].square().sum()
+
+    with pytest.warns(UserWarning, match="batching rule"):  # functorch's per-sample loop
+        batched = vmap(grad(loss), in_dims=(None, 0))(params, samples)
+    for i, sample in enumerate(samples):
+        one = grad(loss)(params, sample)
+        for key, value in one.items():
+            torch.testing.assert_close(batched[key][i], value)
 
 
 def test_dropout_same_draws_in_train_and_none_in_eval():
