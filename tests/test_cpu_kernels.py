@@ -512,6 +512,7 @@ def _bad_fwd_args():
         ("b_hh shape", edit(good, **{f"a{BHH}": good[BHH][:-1]})),
         ("w_hr for GRU", edit(gru, **{f"a{WHR}": torch.randn(3, 5)})),
         ("w_hr shape vs w_hh", edit(good, **{f"a{WHR}": torch.randn(3, 5)})),
+        ("w_hr as wide as hidden", edit(good, **{f"a{WHR}": torch.randn(5, 5)})),
     ]
 
 

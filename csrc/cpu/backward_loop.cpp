@@ -30,7 +30,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
   const int64_t dgc = dgate_columns(M, H);
   const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr.data != nullptr;
-  S* const dh_cell = project ? a.dh_cell + b0 * H : nullptr;  // this tile's rows
+  S* const dh_cell = project ? a.dh_cell + (part.slot * d.B + b0) * H : nullptr;
   // The columns of W_hh (its output side, P) whose dh this part carries.
   const Packed<S> whh = a.whh.data ? packed_columns(a.whh, part.o0, part.o1 - part.o0) : a.whh;
   const PackedBf16 whh16 =

@@ -35,11 +35,11 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
   const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
   const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr_t.data != nullptr;
-  // This part's share of the caller's per-step buffers (ForwardArgs::gh): a
-  // batch tile's rows, or a hidden slice's columns of every row.
-  S* const gh = a.gh ? a.gh + b0 * GH : nullptr;
-  S* const gx_step = a.gx_step ? a.gx_step + b0 * GH : nullptr;
-  S* const h_cell = project ? a.h_cell + b0 * H : nullptr;
+  // This part's rows of its copy of the per-step buffers (ForwardArgs::gh).
+  const int64_t row = part.slot * d.B + b0;
+  S* const gh = a.gh ? a.gh + row * GH : nullptr;
+  S* const gx_step = a.gx_step ? a.gx_step + row * GH : nullptr;
+  S* const h_cell = project ? a.h_cell + row * H : nullptr;
   // fn(operand's columns, first column) for the columns of every gate this
   // part computes: all of them, or units [j0, j1) of each gate.
   auto for_part_columns = [&](const auto& w, auto&& fn) {

@@ -99,6 +99,9 @@ Layer check_layer(const std::string& mode_name, const Tensor& x, const Tensor& b
                 "fastrnn: w_hr must be (proj_size, hidden_size), got ", w_hr->sizes());
     L.P = w_hr->size(0);
     check_shape(*w_hr, "w_hr", {L.P, L.H});
+    // torch.nn's rule; the loops rely on it (steps.h, split_hidden).
+    TORCH_CHECK(L.P < L.H, "fastrnn: proj_size (w_hr rows, ", L.P,
+                ") must be smaller than hidden_size (", L.H, ")");
   } else {
     L.P = L.H;
   }
@@ -198,6 +201,11 @@ bool blas_single_step(const Layer& L, int64_t limit) {
   return L.T == 1 && L.G * L.H * (L.I + L.P) > limit;
 }
 
+// scratch_slots (steps.h) for the compute dtype.
+int64_t scratch_copies(const LayerDims& dims, at::ScalarType ct) {
+  return ct == at::kDouble ? scratch_slots<double>(dims) : scratch_slots<float>(dims);
+}
+
 LayerDims dims_of(const Layer& L, const Tensor& batch_sizes, bool reverse) {
   return LayerDims{L.mode, L.T, L.B, L.N, L.H, L.P, batch_sizes.data_ptr<int64_t>(), reverse};
 }
@@ -288,9 +296,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const Tensor gh0 = single ? product(h0c, whh, b_hh) : Tensor();
 
   // The loop's per-step scratch (ForwardArgs::gh).
-  const Tensor gh_step = single ? Tensor() : at::empty({L.B, GH}, opts);
-  const Tensor gx_step = per_step ? at::empty({L.B, GH}, opts) : Tensor();
-  const Tensor h_cell = L.project ? at::empty({L.B, L.H}, opts) : Tensor();
+  const int64_t rows = L.B * scratch_copies(dims, ct);
+  const Tensor gh_step = single ? Tensor() : at::empty({rows, GH}, opts);
+  const Tensor gx_step = per_step ? at::empty({rows, GH}, opts) : Tensor();
+  const Tensor h_cell = L.project ? at::empty({rows, L.H}, opts) : Tensor();
 
   const bool fold = L.bias && !single;
   const Tensor bih = fold ? in_compute(*b_ih, ct) : Tensor();
@@ -418,7 +427,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   Tensor h_prev = fresh({rows, L.P}, opts);
   Tensor dy_total = L.project ? at::empty({rows, L.P}, opts) : Tensor();
   Tensor h_cell = L.project ? at::empty({rows, H}, opts) : Tensor();
-  Tensor dh_cell = L.project ? at::empty({L.B, H}, opts) : Tensor();
+  const LayerDims dims = dims_of(L, batch_sizes, reverse);
+  Tensor dh_cell =
+      L.project ? at::empty({L.B * scratch_copies(dims, ct), H}, opts) : Tensor();
   Tensor dg16 = bf16_loop ? at::empty(dg.sizes(), x.options()) : Tensor();
 
   // GRU's hidden side differs from its input side in the n gate:
@@ -460,7 +471,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     const Packed<S> wih_p = single || bf16_products
                                 ? Packed<S>{nullptr, GH, L.I}
                                 : packed<S>(wih, GH, L.I, /*transpose=*/false, wih_storage);
-    const LayerDims dims = dims_of(L, batch_sizes, reverse);
     for (size_t i = 0; i < ranges.size(); ++i) {  // from the last steps processed back
       const StepRange& r = ranges[i];
       args.s_begin = r.s_begin, args.s_end = r.s_end, args.row0 = r.row0;

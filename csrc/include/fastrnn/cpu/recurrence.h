@@ -52,11 +52,10 @@ struct ForwardArgs {
   S* ws;            // (N, workspace::columns(mode, H)) out, or null (inference)
   // Per-step scratch, owned by the caller so that the threads of a loop
   // allocate nothing (one that failed to would leave its partner waiting at
-  // the step barrier). A batch tile uses its rows, a hidden slice its columns
-  // of every row.
-  S* gh;            // (B, G*H) h_{t-1} @ W_hh^T; null when gh0 serves the only step
-  S* gx_step;       // (B, G*H) bias + x_t @ W_ih^T when gx is null, else null
-  S* h_cell;        // (B, H) o * tanh(c), the input of W_hr, when projecting, else null
+  // the step barrier): scratch_slots(dims) copies (steps.h) of B rows each.
+  S* gh;            // (slots * B, G*H) h_{t-1} @ W_hh^T; null when gh0 serves the only step
+  S* gx_step;       // (slots * B, G*H) bias + x_t @ W_ih^T when gx is null, else null
+  S* h_cell;        // (slots * B, H) o * tanh(c), the input of W_hr, when projecting
   // A bfloat16 layer's products on bf16 dot products (small_gemm_bf16.h) when
   // bf16.whh_t.data is set (S = float, T > 1, no projection): x_t and h_{t-1}
   // enter the products as bfloat16, as in torch.nn's bfloat16 kernels; sums,
@@ -102,7 +101,7 @@ struct BackwardArgs {
   S* h_prev;        // (R, P) out: the h each token's step read (for dW_hh)
   S* dy_total;      // (R, P) out when projecting: dL/dy including the recurrent part
   S* h_cell;        // (R, H) out when projecting: o * tanh(c), the input of W_hr
-  S* dh_cell;       // (B, H) scratch when projecting: dL/d h_cell of a step, else null
+  S* dh_cell;       // (slots * B, H) scratch when projecting: dL/d h_cell of a step
   // A bfloat16 layer's per-step product dh = dG_hidden @ W_hh on bf16 dot
   // products when bf16.whh.data is set (S = float, T > 1, no projection, H
   // even): dG enters it rounded to bfloat16, as in torch.nn's bf16 kernels.

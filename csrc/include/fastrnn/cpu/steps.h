@@ -53,6 +53,7 @@ class Steps {
 // [j0, j1) and output columns [o0, o1) of h / y (all P unless split).
 struct Part {
   int64_t b0, b1, j0, j1, o0, o1;
+  int64_t slot;               // its copy of the per-step scratch (scratch_slots)
   StepBarrier::Member* sync;  // wait() between dependent phases of a step
 };
 
@@ -69,6 +70,18 @@ inline bool split_hidden(const LayerDims& d, int64_t threads, int64_t vector_wid
   if (threads < 2 || d.P != d.H || d.H % vector_width != 0 || d.H / vector_width < threads)
     return false;
   return (d.H >= 256 && d.B <= 8) || (d.H >= 128 && d.B < threads);
+}
+
+// Copies of the per-step scratch (ForwardArgs::gh) that a loop of S runs on,
+// of B rows each: one per part when threads split the hidden units, so that
+// each core writes memory of its own (one buffer whose columns the slices
+// share, lines apart, cost a 2-thread LSTM at B = 8, H = 256 15-60 % of its
+// forward: the cores' prefetchers pull each other's lines); else one, whose
+// rows the batch tiles share out. for_each_part numbers the parts to match.
+template <typename S>
+int64_t scratch_slots(const LayerDims& d) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  return split_hidden(d, threads, at::vec::Vectorized<S>::size()) ? threads : 1;
 }
 
 // Threads that share one time loop: 1 inside a parallel region (e.g. one
@@ -118,13 +131,14 @@ void for_each_part(const LayerDims& d, bool bf16, const Fn& fn) {
       auto bound = [&](int64_t p) { return vectors * p / threads * VL; };
       at::parallel_for(0, threads, 1, [&](int64_t p0, int64_t p1) {
         StepBarrier::Member sync(&barrier, p1 - p0);
-        fn(mode, bf16_products, Part{0, d.B, bound(p0), bound(p1), bound(p0), bound(p1), &sync});
+        fn(mode, bf16_products,
+           Part{0, d.B, bound(p0), bound(p1), bound(p0), bound(p1), p0, &sync});
       });
     } else {
       const int64_t grain = std::max<int64_t>(1, (d.B + threads - 1) / threads);
       at::parallel_for(0, d.B, grain, [&](int64_t b0, int64_t b1) {
         StepBarrier::Member alone(nullptr, 1);
-        fn(mode, bf16_products, Part{b0, b1, 0, d.H, 0, d.P, &alone});
+        fn(mode, bf16_products, Part{b0, b1, 0, d.H, 0, d.P, 0, &alone});
       });
     }
   };
