@@ -8,6 +8,7 @@
 // (docs/cpu_kernels.md). torch.compile traces through this kernel as through
 // ATen's own formulas: the forward op and, in the backward graph, the
 // backward op, both with the fake kernels of fastrnn/_ops.py.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
@@ -228,6 +229,12 @@ std::tuple<Tensors, Tensors, Tensors, Tensors> bilayer_fwd_autograd(
 TORCH_LIBRARY_IMPL(fastrnn, Autograd, m) {
   m.impl("layer_fwd", &layer_fwd_autograd);
   m.impl("bilayer_fwd", &bilayer_fwd_autograd);
+  // The backward ops have no derivative: differentiating a gradient
+  // (create_graph=True, then backward through it) raises "derivative for
+  // fastrnn::layer_bwd is not implemented" instead of torch's default for an
+  // op without an autograd kernel, a warning and silently missing terms.
+  m.impl("layer_bwd", torch::autograd::autogradNotImplementedFallback());
+  m.impl("bilayer_bwd", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace fastrnn

@@ -149,6 +149,18 @@ def test_per_sample_gradients_with_vmap():
             torch.testing.assert_close(batched[key][i], value)
 
 
+def test_double_backward_raises():
+    """Differentiating a gradient through the fused kernels raises (README,
+    Limits) instead of torch's default for an op without a derivative, a
+    warning and silently missing terms."""
+    torch.manual_seed(0)
+    ours = fastrnn.LSTM(4, 5)
+    y, _ = ours(torch.randn(6, 2, 4))
+    (grad,) = torch.autograd.grad(y.square().sum(), ours.weight_hh_l0, create_graph=True)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        grad.sum().backward()
+
+
 def test_dropout_same_draws_in_train_and_none_in_eval():
     ref, ours = build("LSTM", dict(num_layers=3, dropout=0.4, bidirectional=True))
     x = torch.randn(6, 2, 5)
