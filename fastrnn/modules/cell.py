@@ -40,16 +40,15 @@ class _FusedCell:
         is_batched = input.dim() == 2
         x = input if is_batched else input.unsqueeze(0)
         batch = x.size(0)
-        if states is None:
+        weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
+        if states is None:  # a state made here needs no checks
+            self._check(x, (), weights.w_ih)
             zeros = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device)
             states = (zeros, zeros) if lstm else (zeros,)
-        elif not is_batched:
-            states = tuple(s.unsqueeze(0) for s in states)
-        weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
-        if hx is not None:  # a state made above needs no checks
+        else:
+            if not is_batched:
+                states = tuple(s.unsqueeze(0) for s in states)
             self._check(x, states, weights.w_ih)
-        elif x.size(1) != self.input_size or x.dtype != weights.w_ih.dtype:
-            self._check(x, (), weights.w_ih)
 
         used: list[str] = []
         _, h, c = run_layer(
