@@ -17,6 +17,8 @@
 #include <tuple>
 #include <vector>
 
+#include "fastrnn/kernels.h"
+
 namespace fastrnn {
 namespace {
 
@@ -28,24 +30,17 @@ using torch::autograd::variable_list;
 
 // The ops below autograd, for the functions to call (by the dispatcher, so
 // that the fake kernels serve a traced call).
-using LayerFwd = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    const std::string&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-    const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, bool,
-    bool);
-using BilayerFwd = std::tuple<Tensors, Tensors, Tensors, Tensors>(
-    const std::string&, const Tensor&, const Tensor&, at::TensorList, at::TensorList,
-    at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList, bool);
-
-const c10::TypedOperatorHandle<LayerFwd>& layer_fwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("fastrnn::layer_fwd", "").typed<LayerFwd>();
+const c10::TypedOperatorHandle<sig::LayerFwdFn>& layer_fwd_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fastrnn::layer_fwd", "")
+                             .typed<sig::LayerFwdFn>();
   return op;
 }
 
-const c10::TypedOperatorHandle<BilayerFwd>& bilayer_fwd_op() {
+const c10::TypedOperatorHandle<sig::BilayerFwdFn>& bilayer_fwd_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fastrnn::bilayer_fwd", "")
-                             .typed<BilayerFwd>();
+                             .typed<sig::BilayerFwdFn>();
   return op;
 }
 

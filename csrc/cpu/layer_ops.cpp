@@ -23,11 +23,13 @@
 #include <tuple>
 #include <vector>
 
+#include "fastrnn/bilayer.h"
 #include "fastrnn/cpu/gemm.h"
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
 #include "fastrnn/cpu/small_gemm_bf16.h"
 #include "fastrnn/cpu/steps.h"
+#include "fastrnn/kernels.h"
 #include "fastrnn/workspace.h"
 
 namespace fastrnn::cpu {
@@ -547,25 +549,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
           L.project ? dw_hr.to(out) : none()};
 }
 
-// A per-direction argument list must be [forward, reverse], or empty for an
-// absent optional argument.
-void check_pair(at::TensorList list, const char* name, bool optional = false) {
-  TORCH_CHECK(list.size() == 2 || (optional && list.empty()), "fastrnn: ", name,
-              " must list 2 tensors (forward, reverse)", optional ? " or none" : "");
-}
-
-// Direction d of a checked optional list.
-OptTensor direction(at::TensorList list, int64_t d) {
-  return list.empty() ? OptTensor() : OptTensor(list[d]);
-}
-
 // Runs fn(d) for d = 0 (forward) and 1 (reverse), concurrently when there are
 // threads: each direction then runs on one thread, with the caller's
 // thread-local state (grad mode, dispatch keys); inside it every
 // at::parallel_for runs inline and BLAS calls run single-threaded, so the two
 // directions do not compete for threads. Errors are rethrown by parallel_for.
-template <typename Fn>
-void for_both_directions(const Fn& fn) {
+void for_both_directions(c10::function_ref<void(int64_t)> fn) {
   const at::ThreadLocalState state;
   at::parallel_for(0, 2, 1, [&](int64_t d0, int64_t d1) {
     at::ThreadLocalStateGuard guard(state);
@@ -573,52 +562,13 @@ void for_both_directions(const Fn& fn) {
   });
 }
 
-using Tensors = std::vector<Tensor>;
-
-std::tuple<Tensors, Tensors, Tensors, Tensors> bilayer_fwd(
-    const std::string& mode, const Tensor& x, const Tensor& batch_sizes, at::TensorList h0,
-    at::TensorList c0, at::TensorList w_ih, at::TensorList w_hh, at::TensorList b_ih,
-    at::TensorList b_hh, at::TensorList w_hr, bool save) {
-  Tensors y(2), h_n(2), c_n(2), ws(2);
-  check_pair(h0, "h0"), check_pair(c0, "c0", true), check_pair(w_ih, "w_ih");
-  check_pair(w_hh, "w_hh"), check_pair(b_ih, "b_ih", true), check_pair(b_hh, "b_hh", true);
-  check_pair(w_hr, "w_hr", true);
-  for_both_directions([&](int64_t d) {
-    std::tie(y[d], h_n[d], c_n[d], ws[d]) =
-        layer_fwd(mode, x, batch_sizes, h0[d], direction(c0, d), w_ih[d], w_hh[d],
-                  direction(b_ih, d), direction(b_hh, d), direction(w_hr, d),
-                  /*reverse=*/d == 1, save);
-  });
-  return {y, h_n, c_n, ws};
-}
-
-std::tuple<Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors> bilayer_bwd(
-    const std::string& mode, at::TensorList grad_y, at::TensorList grad_h_n,
-    at::TensorList grad_c_n, const Tensor& x, const Tensor& batch_sizes, at::TensorList h0,
-    at::TensorList c0, at::TensorList w_ih, at::TensorList w_hh, at::TensorList b_ih,
-    at::TensorList b_hh, at::TensorList w_hr, at::TensorList y, at::TensorList workspace) {
-  check_pair(grad_y, "grad_y"), check_pair(grad_h_n, "grad_h_n");
-  check_pair(grad_c_n, "grad_c_n"), check_pair(h0, "h0"), check_pair(c0, "c0", true);
-  check_pair(w_ih, "w_ih"), check_pair(w_hh, "w_hh"), check_pair(b_ih, "b_ih", true);
-  check_pair(b_hh, "b_hh", true), check_pair(w_hr, "w_hr", true), check_pair(y, "y");
-  check_pair(workspace, "workspace");
-  Tensors dx(2), dh0(2), dc0(2), dw_ih(2), dw_hh(2), db_ih(2), db_hh(2), dw_hr(2);
-  for_both_directions([&](int64_t d) {
-    std::tie(dx[d], dh0[d], dc0[d], dw_ih[d], dw_hh[d], db_ih[d], db_hh[d], dw_hr[d]) =
-        layer_bwd(mode, grad_y[d], grad_h_n[d], grad_c_n[d], x, batch_sizes, h0[d],
-                  direction(c0, d), w_ih[d], w_hh[d], direction(b_ih, d), direction(b_hh, d),
-                  direction(w_hr, d), y[d], workspace[d], /*reverse=*/d == 1);
-  });
-  return {dx[0].add_(dx[1]), dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
-  m.impl("layer_fwd", &layer_fwd);
-  m.impl("layer_bwd", &layer_bwd);
-  m.impl("bilayer_fwd", &bilayer_fwd);
-  m.impl("bilayer_bwd", &bilayer_bwd);
+  impl<LayerFwd, &layer_fwd>(m);
+  impl<LayerBwd, &layer_bwd>(m);
+  impl<BilayerFwd, &bilayer_fwd<&layer_fwd, &for_both_directions>>(m);
+  impl<BilayerBwd, &bilayer_bwd<&layer_bwd, &for_both_directions>>(m);
 }
 
 }  // namespace fastrnn::cpu

@@ -16,6 +16,8 @@
 
 #include "fastrnn/cuda/persistent.cuh"
 #include "fastrnn/cuda/step.cuh"
+#include "fastrnn/bilayer.h"
+#include "fastrnn/kernels.h"
 #include "layer_args.h"
 
 namespace fastrnn {
@@ -119,7 +121,7 @@ void run_persistent(const Layer& L, bool reverse, const at::Tensor& batch_sizes,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor>
-layer_bwd_cuda(std::string_view mode, const at::Tensor& grad_y, const at::Tensor& grad_h_n,
+layer_bwd_cuda(const std::string& mode, const at::Tensor& grad_y, const at::Tensor& grad_h_n,
                const at::Tensor& grad_c_n, const at::Tensor& x, const at::Tensor& batch_sizes,
                const at::Tensor& h0, const std::optional<at::Tensor>& c0, const at::Tensor& w_ih,
                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
@@ -193,4 +195,10 @@ layer_bwd_cuda(std::string_view mode, const at::Tensor& grad_y, const at::Tensor
 }  // namespace cuda
 }  // namespace fastrnn
 
-TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) { m.impl("layer_bwd", &fastrnn::cuda::layer_bwd_cuda); }
+// Both directions of a bidirectional layer run one after the other on the
+// current stream.
+TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
+  using namespace fastrnn;
+  impl<LayerBwd, &fastrnn::cuda::layer_bwd_cuda>(m);
+  impl<BilayerBwd, &bilayer_bwd<&fastrnn::cuda::layer_bwd_cuda, &in_turn>>(m);
+}

@@ -12,6 +12,8 @@
 
 #include "fastrnn/cuda/persistent.cuh"
 #include "fastrnn/cuda/step.cuh"
+#include "fastrnn/bilayer.h"
+#include "fastrnn/kernels.h"
 #include "layer_args.h"
 
 namespace fastrnn {
@@ -82,7 +84,7 @@ void run_persistent(const Layer& L, bool reverse, const at::Tensor& batch_sizes,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_fwd_cuda(
-    std::string_view mode, const at::Tensor& x, const at::Tensor& batch_sizes,
+    const std::string& mode, const at::Tensor& x, const at::Tensor& batch_sizes,
     const at::Tensor& h0, const std::optional<at::Tensor>& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse,
@@ -125,4 +127,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_fwd_cuda(
 }  // namespace cuda
 }  // namespace fastrnn
 
-TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) { m.impl("layer_fwd", &fastrnn::cuda::layer_fwd_cuda); }
+// Both directions of a bidirectional layer run one after the other on the
+// current stream.
+TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
+  using namespace fastrnn;
+  impl<LayerFwd, &fastrnn::cuda::layer_fwd_cuda>(m);
+  impl<BilayerFwd, &bilayer_fwd<&fastrnn::cuda::layer_fwd_cuda, &in_turn>>(m);
+}
