@@ -8,6 +8,10 @@ different torch):  pip install --no-build-isolation -e .
   and nvcc exists (CUDA_HOME); torch.cuda.is_available() is not consulted, so a
   GPU-less build box with CUDA torch still builds them. TORCH_CUDA_ARCH_LIST is
   honoured by torch's build helper.
+- The CUDA headers torch's own headers include (cuBLAS, cuSPARSE, ...) are
+  taken from the toolkit, and else from the nvidia-* wheels a pip-installed CUDA
+  torch brings (site-packages/nvidia/cu13/include): a machine with only nvcc
+  and a CUDA torch from the registry builds as it is.
 - FASTRNN_NATIVE=0 drops -march=native (for wheels meant for other CPUs).
 """
 import glob
@@ -37,6 +41,19 @@ def simd_flags():
     return [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
 
 
+def wheel_cuda_includes():
+    """Include folders of the nvidia-* wheels installed beside torch (cuBLAS,
+    cuSPARSE, ... headers), for toolkits that ship nvcc without them."""
+    if os.path.exists(os.path.join(CUDA_HOME, "include", "cublas_v2.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    roots = [p for base in nvidia.__path__ for p in glob.glob(os.path.join(base, "*", "include"))]
+    return sorted(roots)
+
+
 def extension():
     with_cuda = CUDA_HOME is not None and torch.version.cuda is not None
     # -fopenmp at compile time only: ATen's at::parallel_for is an inline
@@ -57,7 +74,7 @@ def extension():
     return CUDAExtension(
         "fastrnn._C",
         srcs,
-        include_dirs=include_dirs,
+        include_dirs=include_dirs + wheel_cuda_includes(),
         define_macros=[("FASTRNN_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
     )
