@@ -1,8 +1,10 @@
 """The benchmark grid: the product of the user's choices, with defaults per device.
 
-A Config is one shape. Input size equals hidden size, one layer, one direction,
-time-major: the plain case every implementation supports, so differences in
-the timings come from the recurrent kernels rather than from features.
+A Config is one shape. Input size equals hidden size, time-major; the grid is
+one layer, one direction: the plain case every implementation supports, so
+differences in the timings come from the recurrent kernels rather than from
+features. A stacked or bidirectional Config (layers, bidirectional) times a
+whole module as users build it (benchmarks/gpu_check.py).
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ class Config:
     input: str
     seq_len: int
     device: str
+    layers: int = 1
+    bidirectional: bool = False
 
     @property
     def kind(self) -> str:
@@ -83,13 +87,24 @@ class Config:
 
     def series(self) -> tuple:
         """Everything but the sequence length: the configs one plotted line runs through."""
-        return (self.cell, self.dtype, self.batch, self.hidden, self.mode, self.input, self.device)
+        return (self.cell, self.dtype, self.batch, self.hidden, self.mode, self.input, self.device,
+                self.layers, self.bidirectional)
+
+    @property
+    def module_name(self) -> str:
+        return module_name(self.cell, self.layers, self.bidirectional)
 
     def label(self) -> str:
-        return f"{self.cell} {self.mode} {self.input} {self.dtype} B{self.batch} H{self.hidden} T{self.seq_len}"
+        return (f"{self.module_name} {self.mode} {self.input} {self.dtype} B{self.batch} H{self.hidden} "
+                f"T{self.seq_len}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def module_name(cell: str, layers: int, bidirectional: bool) -> str:
+    """The cell name, with the stacking when there is any: 'lstm', 'lstm x2 bi'."""
+    return cell + (f" x{layers}" if layers > 1 else "") + (" bi" if bidirectional else "")
 
 
 def defaults(device: str, full: bool) -> dict:

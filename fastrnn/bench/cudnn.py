@@ -20,8 +20,7 @@ or 8, with longer sequences for larger batches; sm >= 8 with >= 98 SMs and minor
 version != 6: never for GRU, LSTM for B % 8 == 0 and B <= 128, RNN likewise but
 not B >= 96 with H >= 896; every other device never.
 
-The benchmark shapes are one layer, one direction, no projection, I = H. This
-says what torch would pick if it sends the call to cuDNN; single-step cells are
+The benchmark shapes have no projection and I = H. This says what torch would pick if it sends the call to cuDNN; single-step cells are
 not cuDNN RNN calls and get "n/a".
 """
 from __future__ import annotations
@@ -43,7 +42,9 @@ def algo(cfg: Config, major: int, minor: int, sm_count: int, forward: bool) -> s
         limit = (384 if rnn else 192) if forward else (256 if rnn else 128)
         if cfg.hidden <= limit:
             return SMALL_H
-    common = cfg.hidden <= 1024 and cfg.hidden % 128 == 0  # 1 layer, 1 direction, I = H by construction
+    # use_persist_common_heuristics (I = H by construction)
+    common = (cfg.layers == 1 and not cfg.bidirectional and cfg.hidden <= 1024
+              and cfg.hidden % 128 == 0)
     if cfg.dtype == "float16" and common and _device_allows(cfg, major, minor, sm_count):
         return PERSIST
     return STANDARD

@@ -24,7 +24,10 @@ from typing import Iterable
 
 from .workload import TORCH
 
-CONFIG_KEYS = ("cell", "dtype", "batch", "hidden", "mode", "input", "seq_len", "device")
+CONFIG_KEYS = ("cell", "dtype", "batch", "hidden", "mode", "input", "seq_len", "device", "layers",
+               "bidirectional")
+# Fields that older result files and the benchmarks/ suite do not carry.
+CONFIG_DEFAULTS = {"layers": 1, "bidirectional": False}
 CSV_KEYS = CONFIG_KEYS + (
     "impl", "status", "tokens", "median_ms", "q1_ms", "q3_ms", "rounds",
     "ms_per_step", "tokens_per_s", "speedup", "threads", "cudnn_algo",
@@ -72,7 +75,7 @@ def load(paths: Iterable[str]) -> tuple[list[dict], list[dict]]:
             doc = json.load(f)
         if "results" in doc:
             metas.append(doc["meta"])
-            records.extend(doc["results"])
+            records.extend({**CONFIG_DEFAULTS, **r} for r in doc["results"])
         elif "benchmarks" in doc:
             metas.append({"source": "pytest-benchmark", **doc.get("machine_info", {}), **doc.get("commit_info", {})})
             records.extend(derive([_from_pytest_benchmark(b) for b in doc["benchmarks"]]))
@@ -84,7 +87,7 @@ def load(paths: Iterable[str]) -> tuple[list[dict], list[dict]]:
 def _from_pytest_benchmark(bench: dict) -> dict:
     info, stats = bench["extra_info"], bench["stats"]
     return {
-        **{k: info[k] for k in CONFIG_KEYS},
+        **{k: info[k] if k in info else CONFIG_DEFAULTS[k] for k in CONFIG_KEYS},
         "impl": info["impl"],
         "status": "ok",
         "tokens": info["tokens"],

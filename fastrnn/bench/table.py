@@ -8,6 +8,7 @@ and on CUDA the cuDNN algorithm class torch.nn's call gets (see cudnn.py).
 """
 from __future__ import annotations
 
+from .config import module_name
 from .results import CONFIG_KEYS
 from .workload import TORCH
 
@@ -39,11 +40,26 @@ def _spread(records) -> str:
     return f"{100 * max(spreads):.0f}%" if spreads else "—"
 
 
-def render(records: list[dict], backends: list[str], cuda: bool) -> str:
+def _by_config(records: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """config -> impl -> record, in the order the configs were measured."""
     rows: dict[tuple, dict[str, dict]] = {}
     for r in records:
         rows.setdefault(tuple(r[k] for k in CONFIG_KEYS), {})[r["impl"]] = r
-    header = ["cell", "mode", "input", "dtype", "B", "H", "T", "torch ms"]
+    return rows
+
+
+def _shape_cells(base: dict) -> list[str]:
+    return [module_name(base["cell"], base["layers"], base["bidirectional"]), base["mode"],
+            base["input"], base["dtype"], str(base["batch"]), str(base["hidden"]),
+            str(base["seq_len"])]
+
+
+SHAPE_HEADER = ["cell", "mode", "input", "dtype", "B", "H", "T"]
+
+
+def render(records: list[dict], backends: list[str], cuda: bool) -> str:
+    rows = _by_config(records)
+    header = SHAPE_HEADER + ["torch ms"]
     for b in backends:
         header += [f"{b} ms", f"{b} speedup"]
     header += ["torch tok/s"] + [f"{b} tok/s" for b in backends] + ["spread"]
@@ -53,8 +69,7 @@ def render(records: list[dict], backends: list[str], cuda: bool) -> str:
     notes: dict[tuple[str, str], int] = {}
     for by_impl in rows.values():
         base = by_impl[TORCH]
-        cells = [base["cell"], base["mode"], base["input"], base["dtype"],
-                 str(base["batch"]), str(base["hidden"]), str(base["seq_len"]), _ms(base.get("median_ms"))]
+        cells = _shape_cells(base) + [_ms(base.get("median_ms"))]
         for b in backends:
             r = by_impl.get(b, {})
             cells += [_ms(r.get("median_ms")), _speedup(r.get("speedup"))]
@@ -69,3 +84,24 @@ def render(records: list[dict], backends: list[str], cuda: bool) -> str:
         lines.append("")
         lines += [f"- {b} not timed on {n} of {len(rows)} shapes: {why}" for (b, why), n in notes.items()]
     return "\n".join(lines)
+
+
+def render_per_step(records: list[dict], backends: list[str]) -> str:
+    """Microseconds per time step (per call, for a cell stepped in a loop), and the
+    speedup over torch.nn (cuDNN on a GPU) in brackets."""
+    lines = ["| " + " | ".join(SHAPE_HEADER + ["torch us/step"]
+                               + [f"{b} us/step (speedup)" for b in backends]) + " |",
+             "|" + "---|" * (len(SHAPE_HEADER) + 1 + len(backends))]
+    for by_impl in _by_config(records).values():
+        base = by_impl[TORCH]
+        cells = _shape_cells(base) + [_us(base)]
+        for b in backends:
+            r = by_impl.get(b, {})
+            cells.append(f"{_us(r)} ({_speedup(r['speedup'])})" if r.get("speedup") else r.get("status", "—"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _us(record: dict) -> str:
+    per_step = record.get("ms_per_step")
+    return "—" if per_step is None else f"{per_step * 1e3:.1f}"

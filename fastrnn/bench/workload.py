@@ -44,6 +44,8 @@ class Workload:
         self.cfg = cfg
         dtype, device = cfg.torch_dtype, torch.device(cfg.device)
         torch_cls, fastrnn_cls, kwargs = _module_classes(cfg)
+        if not cfg.is_cell:
+            kwargs.update(num_layers=cfg.layers, bidirectional=cfg.bidirectional)
         torch.manual_seed(seed)
         self.torch_module = torch_cls(cfg.hidden, cfg.hidden, **kwargs).to(device, dtype)
         self.fastrnn_module = fastrnn_cls(cfg.hidden, cfg.hidden, **kwargs).to(device, dtype)
@@ -66,7 +68,8 @@ class Workload:
         # A leaf, so the training step can ask for its gradient.
         self.data: Tensor = x.detach().requires_grad_(cfg.training)
         out_rows = (self.tokens,) if cfg.packed else (steps, batch)
-        self.cotangent = torch.randn(*out_rows, cfg.hidden, generator=gen).to(device, dtype)
+        out_size = cfg.hidden * (2 if cfg.bidirectional else 1)
+        self.cotangent = torch.randn(*out_rows, out_size, generator=gen).to(device, dtype)
         zeros = torch.zeros(batch, cfg.hidden, device=device, dtype=dtype)
         self._cell_states = (zeros, zeros) if cfg.kind == "LSTM" else (zeros,)
 
