@@ -94,6 +94,8 @@ def bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     meta = environment.metadata(device, list(argv))
     print(f"fastrnn bench on {meta['gpu'] or meta['cpu']} ({device}), {meta['threads']} thread(s), "
           f"torch {meta['torch']}, {len(configs)} shapes")
+    print(f"CPU: {meta['cpu']}, SIMD {' '.join(meta['cpu_simd']) or 'unknown'} "
+          f"(torch kernels: {meta['torch_cpu_capability']})")
     load = meta["load_avg_1min_at_start"]
     if load is not None and load > max(0.5, 0.1 * (meta["cpu_count"] or 1)):
         print(f"note: load average {load:.1f} on {meta['cpu_count']} CPUs at start: other work is running, "

@@ -5,6 +5,7 @@ breaking it on purpose must stop the run before anything is timed.
 """
 import csv
 import json
+import platform
 import subprocess
 import sys
 
@@ -52,6 +53,10 @@ def test_tiny_run_writes_json_csv_table_and_plots(tmp_path, capsys):
     assert meta["threads"] == 2 and meta["device"] == "cpu" and meta["torch"] == torch.__version__
     for key in ("cpu", "date_utc", "fastrnn", "triton", "machine", "command"):
         assert key in meta
+    # The CPU's SIMD features, so that results from two machines can be told apart.
+    assert meta["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    if platform.machine() == "x86_64":
+        assert "sse4_2" in meta["cpu_simd"]
 
     records = doc["results"]
     # lstm: 2 T x 2 modes x 2 input forms; gru_cell: padded only -> 12 shapes, torch + reference each.
@@ -87,7 +92,9 @@ def test_tiny_run_writes_json_csv_table_and_plots(tmp_path, capsys):
     for cell in ("lstm", "gru_cell"):
         png = (tmp_path / f"plot-{cell}.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
-    assert "reference speedup" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "reference speedup" in out
+    assert f"CPU: {meta['cpu']}, SIMD {' '.join(meta['cpu_simd'])}" in out
 
 
 def _scaled(layer, factor_out=1.0, factor_grad=1.0):
@@ -164,6 +171,10 @@ def _shape(cell="lstm", dtype="float16", batch=64, hidden=256, mode="inference",
         (_shape(), (9, 0, 132), True, cudnn.PERSIST),  # H100-like
         (_shape(batch=80), (7, 0, 80), True, cudnn.STANDARD),  # V100: batch 80 weeded out
         (_shape(hidden=320), (8, 0, 108), True, cudnn.STANDARD),  # H % 128 != 0
+        (Config("lstm", "float16", 64, 256, "inference", "padded", 100, "cuda", 2), (9, 0, 132), True,
+         cudnn.STANDARD),  # persistent needs one layer
+        (Config("lstm", "float16", 64, 256, "inference", "padded", 100, "cuda", 1, True), (9, 0, 132),
+         True, cudnn.STANDARD),  # ... and one direction
     ],
 )
 def test_cudnn_algorithm_rule(cfg, device, forward, expected):
