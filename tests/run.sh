@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash .ci/install
 export OMP_NUM_THREADS=1
-"$PY" -m pytest tests -q -p no:cacheprovider "$@"
+# One pytest worker per core (pytest-xdist); each test runs with one intra-op
+# thread (tests/conftest.py) unless it asks for more.
+JOBS=${FASTRNN_TEST_JOBS:-$(nproc)}
+"$PY" -m pytest tests -q -p no:cacheprovider -n "$JOBS" "$@"
 # The same parity suite again on the Triton kernels, interpreted on the CPU.
-TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest -q -p no:cacheprovider \
+TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest -q -p no:cacheprovider -n "$JOBS" \
   tests/test_triton_kernels.py tests/test_parity.py tests/test_backends.py tests/test_swap_and_training.py tests/test_compile.py
