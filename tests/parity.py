@@ -33,12 +33,14 @@ FACTORS = {
     "hx": (False, True),
     "steps": (1, LONG),
     "batch": (1, 4),
-    "dtype": (torch.float64, torch.float32, torch.bfloat16),
+    # float16 only where torch.nn runs it (cuDNN): the GPU kernels' half path.
+    "dtype": (torch.float64, torch.float32, torch.bfloat16)
+    + ((torch.float16,) if torch.cuda.is_available() else ()),
     "sizes": tuple(SIZES),
 }
 
-# (rtol, atol) against torch.nn in the same dtype. bfloat16 is judged against a
-# float64 ground truth instead (see compare()).
+# (rtol, atol) against torch.nn in the same dtype. bfloat16 and float16 are
+# judged against a float64 ground truth instead (see compare()).
 TOLERANCE = {torch.float64: (1e-9, 1e-10), torch.float32: (2e-4, 2e-5)}
 
 
@@ -210,12 +212,12 @@ def compare(case: Case, ref, ours, device: str, seed: int) -> None:
     """Asserts that `ours` matches torch.nn on outputs, states and every gradient."""
     x, lengths, hx, cot = make_inputs(case, device, seed)
     got = run(ours, case, x, lengths, hx, cot, case.dtype)
-    if case.dtype == torch.bfloat16:
-        # torch's own bf16 result is off from the truth too: require ours to be no
+    if case.dtype in (torch.bfloat16, torch.float16):
+        # torch's own half result is off from the truth too: require ours to be no
         # further from a float64 ground truth (same rounded weights) than 2x torch's
         # error, plus a small floor.
         want = run(ref, case, x, lengths, hx, cot, case.dtype)
-        rounded = lambda t: t.to(torch.bfloat16)  # noqa: E731  the inputs both bf16 runs saw
+        rounded = lambda t: t.to(case.dtype)  # noqa: E731  the inputs both half runs saw
         truth_hx = None if hx is None else [rounded(h) for h in hx]
         truth = run(copy.deepcopy(ref).double(), case, rounded(x), lengths, truth_hx, cot, torch.float64)
         for name in truth:

@@ -8,7 +8,7 @@ import torch
 import fastrnn
 from fastrnn import backends
 
-from parity import Case, assert_half_close, compare, make_pair, pairwise_cases
+from parity import FACTORS, Case, assert_half_close, compare, make_pair, pairwise_cases
 
 CASES = pairwise_cases()
 
@@ -35,7 +35,7 @@ CELLS = [
     for bias in (True, False)
     for batched in (True, False)
     for hx in (True, False)
-    for dtype in (torch.float64, torch.float32, torch.bfloat16)
+    for dtype in FACTORS["dtype"]
 ]
 
 
@@ -54,7 +54,7 @@ def test_cell_matches_torch(kind, bias, batched, hx, dtype, use, device):
     cots = [torch.randn(*shape, 7, generator=gen, dtype=torch.float64).to(device) for _ in states]
 
     def go(module, dtype=dtype):
-        # Inputs are rounded to the case's dtype first, so a float64 run sees what the bf16 runs saw.
+        # Inputs are rounded to the case's dtype first, so a float64 run sees what the half runs saw.
         xi = x.to(case_dtype).to(dtype).requires_grad_()
         si = [s.to(case_dtype).to(dtype).requires_grad_() for s in states]
         module.zero_grad(set_to_none=True)
@@ -66,7 +66,7 @@ def test_cell_matches_torch(kind, bias, batched, hx, dtype, use, device):
         return [t.detach().double() for t in outs + grads]
 
     case_dtype = dtype
-    if dtype == torch.bfloat16:
+    if dtype in (torch.bfloat16, torch.float16):
         truth = go(copy.deepcopy(ref).double(), torch.float64)
         for i, (got, want, exact) in enumerate(zip(go(ours), go(ref), truth)):
             assert_half_close(got, want, exact, f"result {i}")
