@@ -132,9 +132,11 @@ SPLIT_CASES = [([5, 5, 4, 2, 2, 1], 256), ([1, 1, 1], 128)]
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("sizes,hidden", SPLIT_CASES, ids=["B5H256", "B1H128"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
-def test_two_threads_split_hidden(mode, sizes, hidden, reverse):
+def test_two_threads_split_hidden(mode, sizes, hidden, reverse, monkeypatch):
     """Threads sharing one loop (hidden slices, a barrier per step) match the
-    oracle in float64 and give bitwise the 1-thread result in float32."""
+    oracle in float64 and give bitwise the 1-thread result in float32 (with the
+    products on fastrnn's blocks: BLAS promises no bitwise equality)."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "own")
     case = make_case(mode, sizes=sizes, hidden=hidden, input_size=9)
     want_out, want_grad = outputs_and_grads(run_layer, *case, reverse, torch.float64)
     with num_threads(2):
@@ -195,7 +197,7 @@ def test_projection_forms_and_single_step(mode, proj, form, reverse, bias):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("hidden", [70, 130])
 @pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", 5), ("GRU", 0)])
-def test_large_products(mode, proj, hidden, threads):
+def test_large_products(mode, proj, hidden, threads, monkeypatch):
     """The products around the loops (gemm.cpp) past one K slice (256 tokens)
     and a ragged last 8-row block: N = 375 tokens in both projection forms
     (B = 9 per step, and B = 3 for the hoisted one), G*H = 3 or 4 * hidden
@@ -205,7 +207,9 @@ def test_large_products(mode, proj, hidden, threads):
     with 1/sqrt(hidden), so that W_hh stretches h alike at both sizes. (No
     RNN: with these weights a 125-step tanh recurrence is chaotic and
     amplifies float64 rounding past the tolerance; RNN runs the same
-    products.)"""
+    products.) On fastrnn's blocks, whose bitwise thread independence is
+    checked; test_products_on_blas_or_blocks covers the choice."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "own")
     for sizes in ([9] * 40 + [7, 5, 3], [3] * 125):
         case = make_case(mode, proj, sizes=sizes, hidden=hidden, input_size=33,
                          scale=0.4 * (70 / hidden) ** 0.5)
@@ -226,8 +230,10 @@ def test_backward_in_step_ranges(mode, proj, reverse, threads, monkeypatch):
     it (layer_ops.cpp, step_ranges): ranges of >= 7 rows cut a packed batch
     (9..1 rows a step) at uneven steps, both directions, 1 and 2 threads (at
     H = 256 the 2 threads split the hidden units), against the oracle; and
-    bitwise equal to one range in float32 but for dW (summed by range)."""
+    bitwise equal to one range in float32 but for dW (summed by range), with
+    the products on fastrnn's blocks."""
     monkeypatch.setenv("FASTRNN_CPU_RANGE_ROWS", "7")
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "own")
     sizes = [9, 9, 8, 8, 6, 5, 5, 3, 2, 2, 1]
     hidden = 256 if threads == 2 and proj == 0 else 13
     case = make_case(mode, proj, sizes=sizes, hidden=hidden, input_size=6)
@@ -239,6 +245,28 @@ def test_backward_in_step_ranges(mode, proj, reverse, threads, monkeypatch):
     # y, h_n, (c_n), dx, dh0, (dc0) do not depend on the ranges.
     states = 2 if mode == "LSTM" else 1
     assert_bitwise((ranged[0], ranged[1][: 1 + states]), (whole[0], whole[1][: 1 + states]))
+
+
+@pytest.mark.parametrize("mode,proj", [("LSTM", 3), ("GRU", 0), ("RNN_TANH", 0)])
+def test_products_on_blas_or_blocks(mode, proj, monkeypatch):
+    """The products around the loops run on fastrnn's blocks or on BLAS, as
+    measured once per shape (product_choice.h): both pinned forms and the
+    measured choice match the oracle, ranges included, and the measured
+    forward gives bitwise the forward of one of the two (it has one product)."""
+    case = make_case(mode, proj, sizes=[9] * 30 + [7, 5, 3], hidden=24, input_size=17)
+    outputs = {}
+    for pin in ("own", "blas", "auto"):
+        monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
+        assert_matches_oracle(case, False, 1)
+        monkeypatch.setenv("FASTRNN_CPU_RANGE_ROWS", "40")
+        assert_matches_oracle(case, True, 1)
+        monkeypatch.delenv("FASTRNN_CPU_RANGE_ROWS")
+        outputs[pin] = outputs_and_grads(_ops.layer, *case, False, torch.float32)[0]
+    assert any(all(torch.equal(a, b) for a, b in zip(outputs["auto"], outputs[pin]))
+               for pin in ("own", "blas"))
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "fast")
+    with pytest.raises(RuntimeError, match="FASTRNN_CPU_PRODUCTS must be own, blas or auto"):
+        outputs_and_grads(_ops.layer, *case, False, torch.float32)
 
 
 def test_long_sequence_buffers():

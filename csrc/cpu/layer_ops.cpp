@@ -25,6 +25,7 @@
 
 #include "fastrnn/bilayer.h"
 #include "fastrnn/cpu/gemm.h"
+#include "fastrnn/cpu/product_choice.h"
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
 #include "fastrnn/cpu/small_gemm_bf16.h"
@@ -331,7 +332,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
         at::parallel_for(0, L.N, 64, [&](int64_t n0, int64_t n1) {
           for (int64_t n = n0; n < n1; ++n) std::copy_n(bias.data(), GH, g + n * GH);
         });
-      gemm<scalar_t>(L.N, GH, L.I, ptr(xc), L.I, false, ptr(wih), true, g, GH, fold);
+      const bool blas = prefer_blas<scalar_t>(Product::InputProjection, L.N, GH, L.I, false, true,
+                                              /*tokens_in_m=*/true);
+      gemm_on<scalar_t>(blas, L.N, GH, L.I, ptr(xc), L.I, false, ptr(wih), true, g, GH, fold);
     }
     typename ForwardArgs<scalar_t>::Bf16Operands bf16{};
     if (bf16_products) {
@@ -469,8 +472,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
                   : Packed<S>{nullptr, 0, 0},
         ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), ptr(dh_cell),
         bf16, 0, 0, 0};
-    // dx = dG @ W_ih, W_ih packed once for every range.
-    const Packed<S> wih_p = single || bf16_products
+    // Each product on the blocks or on BLAS, as measured for this machine
+    // (product_choice.h), for the rows of the largest range.
+    int64_t range_rows = 0;
+    for (const StepRange& r : ranges) range_rows = std::max(range_rows, r.row1 - r.row0);
+    auto product = [&](Product p, bool tokens_in_m, int64_t M, int64_t n, int64_t K, const S* A,
+                       int64_t lda, const S* B, S* C, int64_t ldc, bool acc) {
+      const bool blas = prefer_blas<S>(p, tokens_in_m ? range_rows : M, n,
+                                       tokens_in_m ? K : range_rows, !tokens_in_m, false,
+                                       tokens_in_m);
+      gemm_on<S>(blas, M, n, K, A, lda, !tokens_in_m, B, false, C, ldc, acc);
+    };
+    const bool products = !single && !bf16_products;
+    // dx = dG @ W_ih: on the blocks, W_ih packed once for every range.
+    const bool dx_blas = products && prefer_blas<S>(Product::InputGrad, range_rows, L.I, GH,
+                                                    false, false, /*tokens_in_m=*/true);
+    const Packed<S> wih_p = !products || dx_blas
                                 ? Packed<S>{nullptr, GH, L.I}
                                 : packed<S>(wih, GH, L.I, /*transpose=*/false, wih_storage);
     for (size_t i = 0; i < ranges.size(); ++i) {  // from the last steps processed back
@@ -485,15 +502,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
       // dx rows = dG @ W_ih; dW_ih += dG^T X; dW_hh += dG_h^T H_prev;
       // dW_hr += dY^T H_cell.
       const bool acc = i > 0;
-      gemm<S>(n, g, dgc, false, wih_p, dx.data_ptr<S>() + r.row0 * L.I, L.I, false);
-      gemm<S>(GH, L.I, n, g, dgc, true, xc.data_ptr<S>() + r.row0 * L.I, false,
-              dw_ih.data_ptr<S>(), L.I, acc);
+      S* dx_rows = dx.data_ptr<S>() + r.row0 * L.I;
+      if (dx_blas) {
+        blas_gemm<S>(n, L.I, GH, g, dgc, false, wih.data_ptr<S>(), false, dx_rows, L.I, false);
+      } else {
+        gemm<S>(n, g, dgc, false, wih_p, dx_rows, L.I, false);
+      }
+      product(Product::InputWeightGrad, false, GH, L.I, n, g, dgc,
+              xc.data_ptr<S>() + r.row0 * L.I, dw_ih.data_ptr<S>(), L.I, acc);
       for (const Range& hr : hidden_side)
-        gemm<S>(hr.rows, L.P, n, g + hr.dg_col, dgc, true, h_prev.data_ptr<S>(), false,
-                dw_hh.data_ptr<S>() + hr.w_row * L.P, L.P, acc);
+        product(Product::HiddenWeightGrad, false, hr.rows, L.P, n, g + hr.dg_col, dgc,
+                h_prev.data_ptr<S>(), dw_hh.data_ptr<S>() + hr.w_row * L.P, L.P, acc);
       if (L.project)
-        gemm<S>(L.P, H, n, dy_total.data_ptr<S>(), L.P, true, h_cell.data_ptr<S>(), false,
-                dw_hr.data_ptr<S>(), H, acc);
+        product(Product::ProjWeightGrad, false, L.P, H, n, dy_total.data_ptr<S>(), L.P,
+                h_cell.data_ptr<S>(), dw_hr.data_ptr<S>(), H, acc);
     }
   });
 

@@ -1,0 +1,46 @@
+// Own blocks or BLAS for a layer's large one-off products, chosen by measuring
+// this machine.
+//
+// The products around a layer's time loop (gemm.h: the input projection, dx,
+// dW_ih, dW_hh, dW_hr) can run on fastrnn's register blocks (gemm) or on the
+// BLAS torch was built with (blas_gemm, through ATen: MKL on x86 wheels).
+// Which is faster depends on the CPU: on an AMD Zen 4 machine the blocks ran
+// at 102-109 GFLOP/s where MKL's sgemm reached 85-90, on an Intel Xeon with
+// AVX-512 MKL led. No threshold tuned on one CPU can hold on both, so
+// prefer_blas() times both on a sample of the product the first time a shape
+// is seen in a process and keeps the faster; later calls look it up.
+//
+// FASTRNN_CPU_PRODUCTS = own | blas | auto (default) pins the choice, e.g. for
+// bitwise-reproducible runs across machines.
+#pragma once
+
+#include <stdint.h>
+
+namespace fastrnn::cpu {
+
+// The product a choice is for (one cache entry per product and shape).
+enum class Product { InputProjection, InputGrad, InputWeightGrad, HiddenWeightGrad, ProjWeightGrad };
+
+// C (M, n) = (accumulate ? C : 0) + op(A) @ op(B), arguments as gemm()'s
+// (gemm.h), through ATen's BLAS.
+template <typename S>
+void blas_gemm(int64_t M, int64_t n, int64_t K, const S* A, int64_t lda, bool a_transposed,
+               const S* B, bool b_transposed, S* C, int64_t ldc, bool accumulate);
+
+// blas_gemm when `blas`, else gemm (gemm.h), same arguments.
+template <typename S>
+void gemm_on(bool blas, int64_t M, int64_t n, int64_t K, const S* A, int64_t lda,
+             bool a_transposed, const S* B, bool b_transposed, S* C, int64_t ldc,
+             bool accumulate);
+
+// Whether blas_gemm is faster than gemm for `product` of this shape on this
+// machine, at the caller's thread count. `tokens` is the dimension that grows
+// with the batch (M for the input projection and dx, K for the weight
+// gradients); the measurement runs a sample of at most 512 tokens, and the
+// choice is cached per product, fixed dimensions, power-of-two token bucket
+// and thread count. Thread-safe.
+template <typename S>
+bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
+                 bool b_transposed, bool tokens_in_m);
+
+}  // namespace fastrnn::cpu
