@@ -1,8 +1,8 @@
 """Sentiment classification: Embedding -> 2-layer bidirectional LSTM over a packed
 batch (pack_padded_sequence(enforce_sorted=False)) -> linear classifier.
 
-No registry package ships labelled review text offline, so the corpus is
-generated: reviews of 4 to 40 words made of filler words and one or three
+We found no registry package that ships labelled review text for offline use,
+so the corpus is generated: reviews of 4 to 40 words made of filler words and one or three
 sentiment phrases, each phrase a positive or negative word, optionally
 intensified ("very good") and optionally negated ("not good", "never really
 bad"). The label is the majority of the phrases' polarities after negation.
@@ -140,6 +140,7 @@ def main() -> None:
     ax.plot(range(1, epochs + 1), history, "o-", label="2-layer bidirectional LSTM (fastrnn)")
     ax.plot(range(1, epochs + 1), bow_history, "s--", label="bag of words (logistic regression)")
     ax.axhline(0.5, color="gray", lw=0.8, ls=":")
+    ax.set_xticks(range(1, epochs + 1))
     ax.set(xlabel="epoch", ylabel="test accuracy", ylim=(0.4, 1.02),
            title="Sentiment with negation: order matters")
     ax.legend(loc="center right", fontsize=8)
