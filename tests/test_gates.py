@@ -145,6 +145,21 @@ def test_gates_match_oracle(backend, use, config, dtype):
                                            rtol=TOL[dtype], msg=lambda m: f"{name} l{layer} d{d}: {m}")
 
 
+def test_bfloat16_gates_are_float32(backend, use):
+    """Half-precision layers keep their states in fp32, and so do their gates."""
+    serves(backend, torch.bfloat16)
+    ref, fast, x, inp, lengths = make("LSTM", 2, True, 0, "packed", torch.bfloat16)
+    trace = fastrnn.gate_activations(fast, inp)
+    want, _ = oracle(ref.double(), x.double(), lengths)
+    for layer in range(2):
+        for d in range(2):
+            for name in trace.names:
+                got = trace.gate(name, layer, d)
+                assert got.data.dtype == torch.float32
+                torch.testing.assert_close(padded(got, trace, lengths).double(), want[layer][d][name],
+                                           atol=5e-2, rtol=0)
+
+
 def test_capture_keeps_training_semantics(backend, use):
     """The captured forward is the module's forward: same output and gradients."""
     serves(backend, torch.float32)
