@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+import torch
 from torch import Tensor
 
 from .backends.base import Backend, LayerSpec, LayerWeights
@@ -58,22 +59,27 @@ def _triton(spec, x, batch_sizes, h0, c0, weights, reverse):
     return (y, h_n, c_n), gates
 
 
+def _labelled(backend: str, spec: LayerSpec, y: Tensor, gates: dict[str, Tensor], how: str) -> LayerGates:
+    """An RNN layer's only value is h, its output y; LSTM/GRU keep their gates."""
+    if spec.mode in ("LSTM", "GRU"):
+        return LayerGates(gates, f"{backend}: {how}")
+    return LayerGates({"h": y}, f"{backend}: the layer's output")
+
+
 def run_keeping_gates(backend: Backend, spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0: Tensor,
                       c0: Optional[Tensor], weights: LayerWeights, reverse: bool):
     """backend.layer(...) -> ((y, h_n, c_n), LayerGates)."""
     from .backends.native import NativeBackend
 
-    rnn = spec.mode in ("RNN_TANH", "RNN_RELU")
     runner = (_native if isinstance(backend, NativeBackend) else
               _triton if backend.name == "triton" else None)
-    if runner is None or rnn:
-        result = backend.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
-        if rnn:
-            return result, LayerGates({"h": result[0]}, f"{backend.name}: the layer's output")
-        gates = recompute(spec, x, batch_sizes, h0, c0, weights, reverse, result[0])
-        return result, LayerGates(gates, f"{backend.name}: recomputed from its output")
-    result, gates = runner(spec, x, batch_sizes, h0, c0, weights, reverse)
-    return result, LayerGates(gates, f"{backend.name}: saved by the kernel")
+    if runner is not None:
+        result, gates = runner(spec, x, batch_sizes, h0, c0, weights, reverse)
+        return result, _labelled(backend.name, spec, result[0], gates, "saved by the kernel")
+    result = backend.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
+    gates = recompute(spec, x, batch_sizes, h0, c0, weights, reverse, result[0]) \
+        if spec.mode in ("LSTM", "GRU") else {}
+    return result, _labelled(backend.name, spec, result[0], gates, "recomputed from its output")
 
 
 def native_bidirectional_keeping_gates(spec, x, batch_sizes, h0, c0, weights):
@@ -81,10 +87,9 @@ def native_bidirectional_keeping_gates(spec, x, batch_sizes, h0, c0, weights):
     from . import _ops
 
     out = _ops.bidirectional_layer_with_workspace(spec, x, batch_sizes, h0, c0, weights, True)
-    rnn = spec.mode in ("RNN_TANH", "RNN_RELU")
     return tuple(
-        ((y, h, c), LayerGates({"h": y} if rnn else _blocks(GATE_NAMES[spec.mode], ws, spec.hidden_size),
-                               "cpu: the layer's output" if rnn else "cpu: saved by the kernel"))
+        ((y, h, c), _labelled("cpu", spec, y, _blocks(GATE_NAMES[spec.mode], ws, spec.hidden_size),
+                              "saved by the kernel"))
         for y, h, c, ws in out
     )
 
@@ -109,7 +114,9 @@ class Recorder(Backend):
         return result
 
     def bidirectional_layer(self, spec, x, batch_sizes, h0, c0, weights):
-        if self.inner.name != "cpu":  # the others run two `layer` calls anyway
+        # Only cpu runs both directions in one native call; the others (and cpu under
+        # torch.func transforms, as _ops.bidirectional_layer) run two `layer` calls.
+        if self.inner.name != "cpu" or torch._C._are_functorch_transforms_active():
             return super().bidirectional_layer(spec, x, batch_sizes, h0, c0, weights)
         both = native_bidirectional_keeping_gates(spec, x, batch_sizes, h0, c0, weights)
         self.records.extend(g for _, g in both)
