@@ -21,9 +21,10 @@ from fastrnn.backends.base import LayerSpec
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
 
 
-def oracle(module, x, lengths):
-    """x (T, B, I) padded; returns gates[l][d][name] (T, B, H) zero past each length,
-    and the last layer's output (T, B, D*Hout)."""
+def oracle(module, x, lengths, hx=None):
+    """x (T, B, I) padded, hx optional (h0, c0) or h0 as torch.nn takes them; returns
+    gates[l][d][name] (T, B, H) zero past each length, and the last layer's output
+    (T, B, D*Hout)."""
     mode, H = module.mode, module.hidden_size
     dirs = 2 if module.bidirectional else 1
     Hout = module.proj_size or H
@@ -39,6 +40,9 @@ def oracle(module, x, lengths):
             got = {}
             for b in range(B):
                 h, c = x.new_zeros(Hout), x.new_zeros(H)
+                if hx is not None:
+                    k = layer * dirs + d
+                    h, c = (hx[0][k, b], hx[1][k, b]) if mode == "LSTM" else (hx[k, b], c)
                 steps = range(lengths[b] - 1, -1, -1) if d else range(lengths[b])
                 for t in steps:
                     h, c, g = step(mode, layer_in[t, b], h, c, *w)
@@ -143,6 +147,24 @@ def test_gates_match_oracle(backend, use, config, dtype):
                 assert got.shape == (x.shape[0], x.shape[1], fast.hidden_size)
                 torch.testing.assert_close(got.to(dtype), want[layer][d][name], atol=TOL[dtype],
                                            rtol=TOL[dtype], msg=lambda m: f"{name} l{layer} d{d}: {m}")
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_given_initial_state(backend, use, mode):
+    """hx reaches every layer and direction: the first step's gates depend on it."""
+    serves(backend, torch.float32)
+    ref, fast, x, inp, lengths = make(mode, 2, True, 0, "packed", torch.float32)
+    B = x.shape[1]
+    h0 = torch.randn(4, B, 5)
+    hx = (h0, torch.randn(4, B, 5)) if mode == "LSTM" else h0
+    trace = fastrnn.gate_activations(fast, inp, hx)
+    want, _ = oracle(ref, x, lengths, hx)
+    for layer in range(2):
+        for d in range(2):
+            for name in trace.names:
+                torch.testing.assert_close(padded(trace.gate(name, layer, d), trace, lengths),
+                                           want[layer][d][name], atol=TOL[torch.float32],
+                                           rtol=TOL[torch.float32])
 
 
 def test_bfloat16_gates_are_float32(backend, use):
