@@ -5,11 +5,14 @@
     fastrnn.convert(model)          # swap the recurrent modules of a model you hold
     with fastrnn.patch(): ...       # make torch.nn.LSTM etc. resolve to fastrnn's
     with fastrnn.use_backend("reference"): ...   # or FASTRNN_BACKEND=reference
+    trace = fastrnn.gate_activations(lstm, x)    # every gate of every step, as computed
 """
 from . import backends
 from .backends import use_backend
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .swap import convert, patch
+from .gates_api import GateActivations, gate_activations
+from .gates_plot import plot_gates
 from . import compile_support
 
 compile_support.enable((RNN, LSTM, GRU))
@@ -26,5 +29,8 @@ __all__ = [
     "convert",
     "patch",
     "use_backend",
+    "gate_activations",
+    "GateActivations",
+    "plot_gates",
     "backends",
 ]

@@ -149,16 +149,24 @@ def layer(
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """One layer, one direction through the native op (contract: backends/base.py)."""
+    save = _needs_saving((x, h0, c0, *weights))
+    y, h_n, c_n, _ = layer_with_workspace(spec, x, batch_sizes, h0, c0, weights, reverse, save)
+    return y, h_n, c_n
+
+
+def layer_with_workspace(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0: Tensor,
+                         c0: Optional[Tensor], weights: LayerWeights, reverse: bool, save: bool):
+    """`layer`, also returning the op's workspace (layout: csrc/include/fastrnn/workspace.h;
+    empty unless save). fastrnn.gate_activations reads the gates from it."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    save = _needs_saving((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     args = (spec.mode, x.contiguous(), batch_sizes.contiguous(), h0.contiguous(), _dense(c0),
             w_ih.contiguous(), w_hh.contiguous(), _dense(b_ih), _dense(b_hh), _dense(w_hr),
             reverse, save)
     if torch._C._are_functorch_transforms_active():
-        y, h_n, c_n, _ = _LayerForTransforms.apply(*args)
+        y, h_n, c_n, workspace = _LayerForTransforms.apply(*args)
     else:
-        y, h_n, c_n, _ = torch.ops.fastrnn.layer_fwd.default(*args)
-    return y, h_n, (c_n if spec.mode == "LSTM" else None)
+        y, h_n, c_n, workspace = torch.ops.fastrnn.layer_fwd.default(*args)
+    return y, h_n, (c_n if spec.mode == "LSTM" else None), workspace
 
 
 def bidirectional_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0, weights):
@@ -168,12 +176,20 @@ def bidirectional_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0,
     if torch._C._are_functorch_transforms_active():
         return tuple(layer(spec, x, batch_sizes, h0[d], c0[d], weights[d], d == 1) for d in (0, 1))
     save = _needs_saving((x, *h0, *c0, *weights[0], *weights[1]))
+    return tuple(r[:3] for r in bidirectional_layer_with_workspace(
+        spec, x, batch_sizes, h0, c0, weights, save))
 
+
+def bidirectional_layer_with_workspace(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0,
+                                       weights, save: bool):
+    """bidirectional_layer's one native call, also returning each direction's workspace:
+    ((y, h_n, c_n, workspace) forward, (...) reverse)."""
     def pair(*ts: Optional[Tensor]) -> list[Tensor]:
         return [] if ts[0] is None else [t.contiguous() for t in ts]
 
-    y, h_n, c_n, _ = torch.ops.fastrnn.bilayer_fwd.default(
+    y, h_n, c_n, workspace = torch.ops.fastrnn.bilayer_fwd.default(
         spec.mode, x.contiguous(), batch_sizes.contiguous(), pair(*h0), pair(*c0),
         *(pair(*ws) for ws in zip(*weights)), save,
     )
-    return tuple((y[d], h_n[d], c_n[d] if spec.mode == "LSTM" else None) for d in (0, 1))
+    return tuple((y[d], h_n[d], c_n[d] if spec.mode == "LSTM" else None, workspace[d])
+                 for d in (0, 1))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from torch import Tensor
 
@@ -24,6 +24,10 @@ from .base import Backend, LayerSpec, LayerWeights
 _BACKENDS: dict[str, Backend] = {}
 AUTO_CHAIN = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
 _override: list[str] = []
+# Hook for fastrnn.gate_activations (fastrnn/gates_capture.py): while a capture
+# is active, select() hands the chosen backend to the innermost wrapper, which
+# runs it keeping the gates its kernel saved. Empty otherwise (one list test a call).
+_wrappers: list[Callable[[Backend], Backend]] = []
 
 
 def register(backend: Backend) -> Backend:
@@ -80,6 +84,11 @@ def chain(device_type: str) -> tuple[str, ...]:
 
 def select(spec: LayerSpec, x: Tensor) -> Backend:
     """The first backend in the chain that accepts this call."""
+    backend = _first_serving(spec, x)
+    return _wrappers[-1](backend) if _wrappers else backend
+
+
+def _first_serving(spec: LayerSpec, x: Tensor) -> Backend:
     for name in chain(x.device.type):
         backend = _BACKENDS.get(name)
         if backend is None or backend.available() is not None:
