@@ -3,13 +3,14 @@
     import fastrnn
     lstm = fastrnn.LSTM(256, 512, num_layers=2, bidirectional=True)   # as nn.LSTM
     fastrnn.convert(model)          # swap the recurrent modules of a model you hold
+    fastrnn.revert(model)           # and back to torch.nn's classes (e.g. before quantize_dynamic)
     with fastrnn.patch(): ...       # make torch.nn.LSTM etc. resolve to fastrnn's
     with fastrnn.use_backend("reference"): ...   # or FASTRNN_BACKEND=reference
 """
 from . import backends
 from .backends import use_backend
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from .swap import convert, patch
+from .swap import convert, patch, revert
 from . import compile_support
 
 compile_support.enable((RNN, LSTM, GRU))
@@ -24,6 +25,7 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "convert",
+    "revert",
     "patch",
     "use_backend",
     "backends",
