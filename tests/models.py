@@ -6,6 +6,7 @@ the kernels' numerics, which tests/parity.py covers.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -56,3 +57,17 @@ def assert_same(got, want, **tol) -> None:
     assert len(got) == len(want)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **tol)
+
+
+def assert_as_torch(run, ref, ours, **tol):
+    """run(ours) gives run(ref)'s result, or raises the exception class run(ref) raises.
+    Returns run(ours)'s result (None where torch.nn raised)."""
+    try:
+        want = run(ref)
+    except Exception as err:  # noqa: BLE001  (whatever torch.nn raises, fastrnn must raise)
+        with pytest.raises(type(err)):
+            run(ours)
+        return None
+    got = run(ours)
+    assert_same(got, want, **tol)
+    return got
