@@ -39,6 +39,28 @@ def pair(name: str, kwargs: dict, seed: int = 0):
     return ref, ours
 
 
+class Net(nn.Module):
+    """A model holding a recurrent module: Linear -> rnn."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.proj = nn.Linear(INPUT, INPUT)
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(self.proj(x))
+
+
+def nets(name: str, kwargs: dict):
+    """pair(), each inside a Net, the two Linears equal too."""
+    ref, ours = pair(name, kwargs)
+    torch.manual_seed(1)
+    ref_net = Net(ref).eval()
+    ours_net = Net(ours).eval()
+    ours_net.proj.load_state_dict(ref_net.proj.state_dict())
+    return ref_net, ours_net
+
+
 def example(name: str, steps: int = 5, batch: int = 2, **like) -> torch.Tensor:
     """A random input: (T, B, I) for the layers, (B, I) for the cells."""
     shape = (batch, INPUT) if name.endswith("Cell") else (steps, batch, INPUT)

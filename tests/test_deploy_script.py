@@ -6,35 +6,13 @@ import textwrap
 
 import pytest
 import torch
-from torch import nn
 
 import fastrnn
-from models import CASES, IDS, INPUT, assert_same, example, flat, pair
+from models import CASES, IDS, assert_same, example, flat, nets
 
 # Shapes the artifacts are checked on besides the one they were traced with:
 # (steps, batch); a cell has no steps.
 SHAPES = [(5, 2), (3, 4), (1, 1)]
-
-
-class Net(nn.Module):
-    """A model holding a recurrent module: Linear -> rnn."""
-
-    def __init__(self, rnn):
-        super().__init__()
-        self.proj = nn.Linear(INPUT, INPUT)
-        self.rnn = rnn
-
-    def forward(self, x):
-        return self.rnn(self.proj(x))
-
-
-def nets(name, kwargs):
-    ref, ours = pair(name, kwargs)
-    torch.manual_seed(1)
-    ref_net = Net(ref).eval()
-    ours_net = Net(ours).eval()
-    ours_net.proj.load_state_dict(ref_net.proj.state_dict())
-    return ref_net, ours_net
 
 
 def inputs(name):

@@ -1,0 +1,39 @@
+"""torch.onnx.export (dynamo=False and dynamo=True) of models holding fastrnn modules:
+onnxruntime gives torch.nn's outputs, and where torch.nn's export fails, fastrnn's fails alike."""
+import contextlib
+import io
+
+import pytest
+import torch
+
+from models import CASES, IDS, assert_same, example, flat, nets
+
+pytest.importorskip("onnx", reason="ONNX tests need onnx (.ci/install)")
+pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript (.ci/install)")
+ort = pytest.importorskip("onnxruntime", reason="ONNX tests run the model on onnxruntime (.ci/install)")
+
+
+def export_and_run(net, x, path, dynamo):
+    with contextlib.redirect_stdout(io.StringIO()):  # the dynamo exporter reports its steps
+        torch.onnx.export(net, (x,), path, dynamo=dynamo)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return [torch.from_numpy(o) for o in outputs]
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_onnx_export_runs_on_onnxruntime_as_torch(case, dynamo, tmp_path):
+    _, name, kwargs = case
+    ref_net, ours_net = nets(name, kwargs)
+    torch.manual_seed(3)
+    x = example(name)
+    try:
+        got = export_and_run(ours_net, x, str(tmp_path / "ours.onnx"), dynamo)
+    except Exception as err:  # noqa: BLE001
+        # torch.nn's own limits (an LSTM with proj_size has no ONNX form that
+        # onnxruntime runs): its export must fail with the same class.
+        with pytest.raises(type(err)):
+            export_and_run(ref_net, x, str(tmp_path / "ref.onnx"), dynamo)
+        return
+    assert_same(got, flat(ref_net(x)), rtol=1e-5, atol=1e-6)
