@@ -41,8 +41,8 @@ class _FusedCell(Deployable):
                 if state.dim() not in (1, 2):
                     what = f"hx[{idx}]" if lstm else "hidden"
                     raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {state.dim()}D instead")
-            if lstm:
-                _check_pair(hx, len(states), name, is_batched)
+            if lstm and not (is_batched and len(states) == 2 and isinstance(hx, tuple)):
+                _check_pair(hx, len(states), name, is_batched)  # raises, or unbatched: keeps two
                 states = states[:2]
         x = input if is_batched else input.unsqueeze(0)
         batch = x.size(0)

@@ -25,13 +25,20 @@ def torch_class(cls: type) -> type:
     return cls.__bases__[-1]
 
 
+# Bound once: two attribute lookups fewer on every eager call (~30 ns each).
+_is_tracing = torch._C._is_tracing
+_is_compiling = torch.compiler.is_compiling
+
+
 def recording() -> bool:
     """Whether torch.jit.trace or torch.onnx.export is recording this call.
 
     The ONNX flag is read only while compiling (torch.export sets that flag
     too): reading it costs ~2 us, too much for every eager cell step.
     """
-    return torch._C._is_tracing() or (torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export())
+    if _is_compiling():  # first: Dynamo folds it, but cannot trace _is_tracing
+        return torch.onnx.is_in_onnx_export()
+    return _is_tracing()
 
 
 class Deployable:
