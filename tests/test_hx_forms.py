@@ -3,16 +3,22 @@ where torch.nn accepts the form (a list in place of a tuple, for instance)."""
 import pytest
 import torch
 
+from torch.nn.utils.rnn import pack_padded_sequence
+
 from models import CASES, assert_as_torch, example, pair
 
 
-def forms(name: str, kwargs: dict, batched: bool):
-    """(label, input, hx) for every form of hx, right and wrong, for this class."""
+def forms(name: str, kwargs: dict, layout: str):
+    """(label, input, hx) for every form of hx, right and wrong, for this class and
+    input layout ("batched", "unbatched", or "packed" for the layers)."""
     cell = name.endswith("Cell")
     lstm = name.startswith("LSTM")
+    batched = layout != "unbatched"
     x = example(name, batch=2)
     if not batched:
         x = x[0]
+    elif layout == "packed":
+        x = pack_padded_sequence(x, torch.tensor([3, 5]), enforce_sorted=False)
     ref, _ = pair(name, kwargs)
     # The right state: shapes from torch.nn's own zero state.
     if cell:
@@ -45,16 +51,16 @@ def forms(name: str, kwargs: dict, batched: bool):
 
 
 CALLS = [
-    pytest.param(case, batched, label, id=f"{case[0]}-{'batched' if batched else 'unbatched'}-{label}")
+    pytest.param(case, layout, label, id=f"{case[0]}-{layout}-{label}")
     for case in CASES
-    for batched in (True, False)
-    for label, _, _ in forms(case[1], case[2], batched)
+    for layout in ("batched", "unbatched") + (() if case[1].endswith("Cell") else ("packed",))
+    for label, _, _ in forms(case[1], case[2], layout)
 ]
 
 
-@pytest.mark.parametrize("case,batched,label", CALLS)
-def test_hx_form_as_torch(case, batched, label):
+@pytest.mark.parametrize("case,layout,label", CALLS)
+def test_hx_form_as_torch(case, layout, label):
     _, name, kwargs = case
     ref, ours = pair(name, kwargs)
-    (x, hx), = [(x, hx) for lab, x, hx in forms(name, kwargs, batched) if lab == label]
+    (x, hx), = [(x, hx) for lab, x, hx in forms(name, kwargs, layout) if lab == label]
     assert_as_torch(lambda module: module(x, hx), ref, ours)

@@ -67,9 +67,10 @@ class _FusedStack(Deployable):
             batch_sizes = sorted_indices = unsorted_indices = None
             max_batch = data.size(batch_dim)
         if hx is not None:
+            if packed:  # first, as in torch.nn: a wrong form fails there for packed input
+                hx = self.permute_hidden(hx, sorted_indices)
             _check_state_kind(hx, lstm, is_batched)
-            if not packed:
-                hx = _match_rank(hx, lstm, is_batched)
+            hx = _match_rank(hx, lstm, is_batched, packed)
 
         if hx is None:
             # A zero state of the expected size: only the input needs checking.
@@ -81,7 +82,6 @@ class _FusedStack(Deployable):
         else:
             self.check_forward_args(data, hx, batch_sizes)
             _check_state_dtype(data, hx)
-            hx = self.permute_hidden(hx, sorted_indices)
 
         if packed:
             rows = data
@@ -143,8 +143,16 @@ def _check_state_kind(hx, lstm: bool, is_batched: bool) -> None:
         raise NotATensorError(f"hx must be a Tensor, got {type(hx).__name__}")
 
 
-def _match_rank(hx, lstm: bool, is_batched: bool):
-    """torch.nn's rule: hx must have rank 3 for batched input, 2 for unbatched (then add the batch dim)."""
+def _match_rank(hx, lstm: bool, is_batched: bool, packed: bool):
+    """torch.nn's rule: hx must have rank 3 for batched input, 2 for unbatched (then add the batch dim).
+    For packed input, torch.nn's LSTM checks nothing in Python and its kernel fails with an
+    IndexError on a state of rank below 3 (RNN and GRU check sizes: check_forward_args)."""
+    if packed:
+        if lstm and min(hx[0].dim(), hx[1].dim()) < 3:
+            raise IndexError(
+                f"For packed input, hx and cx should be 3-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+            )
+        return hx
     want = 3 if is_batched else 2
     kind = "batched 3-D" if is_batched else "unbatched 2-D"
     if lstm:
