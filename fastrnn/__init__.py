@@ -3,6 +3,7 @@
     import fastrnn
     lstm = fastrnn.LSTM(256, 512, num_layers=2, bidirectional=True)   # as nn.LSTM
     fastrnn.convert(model)          # swap the recurrent modules of a model you hold
+    fastrnn.revert(model)           # and back to torch.nn's classes (e.g. before quantize_dynamic)
     with fastrnn.patch(): ...       # make torch.nn.LSTM etc. resolve to fastrnn's
     with fastrnn.use_backend("reference"): ...   # or FASTRNN_BACKEND=reference
     trace = fastrnn.gate_activations(lstm, x)    # every gate of every step, as computed
@@ -10,7 +11,7 @@
 from . import backends
 from .backends import use_backend
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
-from .swap import convert, patch
+from .swap import convert, patch, revert
 from .gates_api import GateActivations, gate_activations
 from .gates_plot import plot_gates
 from . import compile_support
@@ -27,6 +28,7 @@ __all__ = [
     "LSTMCell",
     "GRUCell",
     "convert",
+    "revert",
     "patch",
     "use_backend",
     "gate_activations",

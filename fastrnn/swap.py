@@ -1,4 +1,5 @@
-"""Putting fastrnn into existing code: `convert` for models you hold, `patch` for code you can't edit."""
+"""Putting fastrnn into existing code: `convert` for models you hold, `patch` for code you can't
+edit; `revert` undoes `convert` (for tools that match torch.nn's exact classes)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,16 +10,15 @@ import torch.nn.modules
 import torch.nn.modules.rnn
 
 from . import modules
+from .modules.deploy import torch_class
 
 #: torch.nn class -> fastrnn twin. Bound at import, before any patch() runs.
 TWINS: dict[type, type] = {
-    torch.nn.RNN: modules.RNN,
-    torch.nn.LSTM: modules.LSTM,
-    torch.nn.GRU: modules.GRU,
-    torch.nn.RNNCell: modules.RNNCell,
-    torch.nn.LSTMCell: modules.LSTMCell,
-    torch.nn.GRUCell: modules.GRUCell,
+    torch_class(twin): twin
+    for twin in (modules.RNN, modules.LSTM, modules.GRU, modules.RNNCell, modules.LSTMCell, modules.GRUCell)
 }
+#: fastrnn class -> the torch.nn class it subclasses.
+ORIGINALS: dict[type, type] = {twin: original for original, twin in TWINS.items()}
 
 # Every place torch exposes the classes under their public names.
 _NAMESPACES = (torch.nn, torch.nn.modules, torch.nn.modules.rnn)
@@ -36,6 +36,19 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
         twin = TWINS.get(type(module))
         if twin is not None:
             module.__class__ = twin
+    return model
+
+
+def revert(model: torch.nn.Module) -> torch.nn.Module:
+    """The inverse of `convert`: every fastrnn recurrent submodule of `model` (itself
+    included) becomes an instance of its torch.nn class again, in place, keeping
+    its module and Parameter objects. For tools that match torch.nn's exact
+    classes, such as torch.ao.quantization.quantize_dynamic. Returns `model`."""
+    for module in model.modules():
+        original = ORIGINALS.get(type(module))
+        if original is not None:
+            module.__class__ = original
+            module.__dict__.pop("last_backend", None)  # fastrnn's record of its last call
     return model
 
 

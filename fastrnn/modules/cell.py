@@ -12,12 +12,13 @@ from torch import Tensor, nn
 
 from ..backends.base import LayerSpec, LayerWeights
 from ..stack import current_weights, padded_batch_sizes, run_layer
+from .deploy import Deployable, recording
 
 _MODES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
 _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-class _FusedCell:
+class _FusedCell(Deployable):
     """forward() shared by the three cells; `self` is also an nn.RNNCellBase."""
 
     last_backend: Optional[str] = None
@@ -26,18 +27,23 @@ class _FusedCell:
         raise NotImplementedError
 
     def forward(self, input: Tensor, hx=None):
+        if recording():  # an artifact for runtimes without fastrnn: torch.nn's ops (deploy.py)
+            return super().forward(input, hx)
         mode = self._mode()
         lstm = mode == "LSTM"
         name = type(self).__name__
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        is_batched = input.dim() == 2
         states = None if hx is None else (tuple(hx) if lstm else (hx,))
         if states is not None:
             for idx, state in enumerate(states):
                 if state.dim() not in (1, 2):
                     what = f"hx[{idx}]" if lstm else "hidden"
                     raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {state.dim()}D instead")
-        is_batched = input.dim() == 2
+            if lstm and not (is_batched and len(states) == 2 and isinstance(hx, tuple)):
+                _check_pair(hx, len(states), name, is_batched)  # raises, or unbatched: keeps two
+                states = states[:2]
         x = input if is_batched else input.unsqueeze(0)
         batch = x.size(0)
         weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
@@ -88,6 +94,20 @@ class _FusedCell:
                 raise RuntimeError(
                     f"hidden{idx} is {state.dtype} on {state.device} but input is {x.dtype} on {x.device}"
                 )
+
+
+def _check_pair(hx, count: int, name: str, is_batched: bool) -> None:
+    """An LSTMCell's hx, after the rank of each of its `count` entries was checked
+    (torch.nn iterates over hx for that, so a Tensor yields its rows). Batched,
+    torch.nn's kernel wants a tuple (TypeError) of two states (RuntimeError);
+    unbatched, it reads hx[0] and hx[1] (IndexError for one) and ignores the rest."""
+    if is_batched:
+        if not isinstance(hx, (tuple, list)):
+            raise TypeError(f"{name}: hx must be a tuple (h, c) of Tensors, got {type(hx).__name__}")
+        if count != 2:
+            raise RuntimeError("lstm_cell expects two hidden states")
+    elif count < 2:
+        raise IndexError(f"{name}: hx must hold two states (h, c), got {count}")
 
 
 class RNNCell(_FusedCell, nn.RNNCell):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ..stack import current_weights, padded_batch_sizes, run_stack
+from .deploy import Deployable, recording
 
 
 class NotATensorError(TypeError, AttributeError):
@@ -31,7 +32,7 @@ class NotATensorError(TypeError, AttributeError):
     """
 
 
-class _FusedStack:
+class _FusedStack(Deployable):
     """forward() shared by RNN, LSTM and GRU; `self` is also an nn.RNNBase."""
 
     #: Name(s) of the backend(s) that ran this module's last forward, e.g. "cpu".
@@ -41,10 +42,10 @@ class _FusedStack:
         weights = current_weights(self, self._flat_weights_names)
         if any(w is not f for w, f in zip(weights, self._flat_weights)):
             self._update_flat_weights()  # e.g. functional_call: torch.nn's checks read _flat_weights
+        if recording():  # an artifact for runtimes without fastrnn: torch.nn's ops (deploy.py)
+            return super().forward(input, hx)
         lstm = self.mode == "LSTM"
         dirs = 2 if self.bidirectional else 1
-        if hx is not None:
-            _check_state_kind(hx, lstm)
         packed = isinstance(input, PackedSequence)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
@@ -65,8 +66,11 @@ class _FusedStack:
             data = input if is_batched else input.unsqueeze(batch_dim)
             batch_sizes = sorted_indices = unsorted_indices = None
             max_batch = data.size(batch_dim)
-            if hx is not None:
-                hx = _match_rank(hx, lstm, is_batched)
+        if hx is not None:
+            if packed:  # first, as in torch.nn: a wrong form fails there for packed input
+                hx = self.permute_hidden(hx, sorted_indices)
+            _check_state_kind(hx, lstm, is_batched)
+            hx = _match_rank(hx, lstm, is_batched, packed)
 
         if hx is None:
             # A zero state of the expected size: only the input needs checking.
@@ -78,7 +82,6 @@ class _FusedStack:
         else:
             self.check_forward_args(data, hx, batch_sizes)
             _check_state_dtype(data, hx)
-            hx = self.permute_hidden(hx, sorted_indices)
 
         if packed:
             rows = data
@@ -123,17 +126,33 @@ class _FusedStack:
         return (out.transpose(0, 1) if self.batch_first else out), hidden
 
 
-def _check_state_kind(hx, lstm: bool) -> None:
-    """LSTM takes an (h, c) pair, RNN and GRU one tensor; torch.nn's exception classes."""
+def _check_state_kind(hx, lstm: bool, is_batched: bool) -> None:
+    """LSTM takes an (h, c) pair, RNN and GRU one tensor; torch.nn's exception classes.
+
+    torch.nn's LSTM reads hx[0], then hx[1], before anything else: a single state
+    fails there with an IndexError, a non-sequence with a TypeError. For unbatched
+    input it then builds a new pair from those two (so states beyond two are
+    ignored); batched input goes to its kernel, which wants exactly two."""
     if lstm:
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        for idx in (0, 1):
+            if not isinstance(hx[idx], Tensor):
+                raise NotATensorError(f"hx[{idx}] must be a Tensor, got {type(hx[idx]).__name__}")
+        if is_batched and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise RuntimeError("lstm expects two hidden states")
     elif not isinstance(hx, Tensor):
         raise NotATensorError(f"hx must be a Tensor, got {type(hx).__name__}")
 
 
-def _match_rank(hx, lstm: bool, is_batched: bool):
-    """torch.nn's rule: hx must have rank 3 for batched input, 2 for unbatched (then add the batch dim)."""
+def _match_rank(hx, lstm: bool, is_batched: bool, packed: bool):
+    """torch.nn's rule: hx must have rank 3 for batched input, 2 for unbatched (then add the batch dim).
+    For packed input, torch.nn's LSTM checks nothing in Python and its kernel fails with an
+    IndexError on a state of rank below 3 (RNN and GRU check sizes: check_forward_args)."""
+    if packed:
+        if lstm and min(hx[0].dim(), hx[1].dim()) < 3:
+            raise IndexError(
+                f"For packed input, hx and cx should be 3-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+            )
+        return hx
     want = 3 if is_batched else 2
     kind = "batched 3-D" if is_batched else "unbatched 2-D"
     if lstm:
