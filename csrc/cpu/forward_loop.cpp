@@ -76,9 +76,14 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
                       out + carried * GH, GH, false);
       }
     };
-    if (!given)
+    if (!given && a.step_product.fn != nullptr && j1 - j0 == H) {
+      a.step_product.fn(a.step_product.ctx, carried, y_prev, gh);
+      a.step_product.fn(a.step_product.ctx, live - carried, a.h0 + (b0 + carried) * P,
+                        gh + carried * GH);
+    } else if (!given) {
       for_part_columns(pick<bf16>(a.bf16.whh_t, a.whh_t),
                        [&](const auto& w, int64_t c0) { recurrent(w, gh + c0); });
+    }
     const S* gx_rows = a.gx ? a.gx + n0 * GH : gx_step;
     if (!a.gx) {  // gx_step[0:live] = bias + x_t @ W_ih^T
       auto project = [&](const auto& w, int64_t c0) {

@@ -204,6 +204,20 @@ bool blas_single_step(const Layer& L, int64_t limit) {
   return L.T == 1 && L.G * L.H * (L.I + L.P) > limit;
 }
 
+// W_hh (G*H, P) for blas_step.
+template <typename S>
+struct StepWeights {
+  const S* w;
+  int64_t GH, P;
+};
+
+// ForwardArgs::step_product through BLAS: out (rows, G*H) = h (rows, P) @ W_hh^T.
+template <typename S>
+void blas_step(const void* ctx, int64_t rows, const S* h, S* out) {
+  const auto& w = *static_cast<const StepWeights<S>*>(ctx);
+  blas_gemm<S>(rows, w.GH, w.P, h, w.P, false, w.w, true, out, w.GH, false);
+}
+
 // scratch_slots (steps.h) for the compute dtype.
 int64_t scratch_copies(const LayerDims& dims, at::ScalarType ct) {
   return ct == at::kDouble ? scratch_slots<double>(dims) : scratch_slots<float>(dims);
@@ -341,6 +355,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
       bf16 = {bits(x), per_step ? packed_bf16(w_ih, L.I, GH, wih16_storage) : PackedBf16{},
               packed_bf16(w_hh, L.P, GH, whh16_storage), bits(h0), bits(y16)};
     }
+    // The step product h_{t-1} @ W_hh^T through BLAS where that measured faster
+    // for this machine's batch tiles (product_choice.h); hidden slices keep
+    // the packed blocks, which they cut by columns.
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const bool step_blas = !single && !bf16_products && scratch_copies(dims, ct) == 1 &&
+                           prefer_blas_step<scalar_t>(L.B, (L.B + threads - 1) / threads, GH, L.P);
+    const StepWeights<scalar_t> step_weights{step_blas ? ptr(whh) : nullptr, GH, L.P};
     ForwardArgs<scalar_t> args{
         ptr(gx),
         ptr(xc),
@@ -348,7 +369,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
             ? packed<scalar_t>(wih, L.I, GH, /*transpose=*/true, wih_storage)
             : Packed<scalar_t>{nullptr, L.I, GH},
         fold ? bias.data() : nullptr,
-        single || bf16_products
+        single || bf16_products || step_blas
             ? Packed<scalar_t>{nullptr, L.P, GH}
             : packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
         single ? gh0.data_ptr<scalar_t>() : nullptr,
@@ -363,7 +384,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
         ptr(gh_step),
         ptr(gx_step),
         ptr(h_cell),
-        bf16};
+        bf16,
+        {step_blas ? &blas_step<scalar_t> : nullptr, &step_weights}};
     forward_loop<scalar_t>(dims, args);
   });
 

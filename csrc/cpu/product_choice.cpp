@@ -11,9 +11,11 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "fastrnn/cpu/gemm.h"
+#include "fastrnn/cpu/small_gemm.h"
 
 namespace fastrnn::cpu {
 namespace {
@@ -44,6 +46,36 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 // (product, element size, M, n, K with the token dimension bucketed,
 // transposes, threads, inside a parallel region)
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool>;
+
+// The cached choice for `key`, measured by time_both() -> (own s, blas s)
+// the first time.
+template <typename Measure>
+bool cached_choice(const Key& key, const Measure& time_both) {
+  static std::mutex mutex;
+  static std::map<Key, bool> chosen;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto found = chosen.find(key);
+    if (found != chosen.end()) return found->second;
+  }
+  // One warm-up each, then the best of two, alternated.
+  time_both();
+  auto [own, blas] = time_both();
+  const auto [own2, blas2] = time_both();
+  own = std::min(own, own2), blas = std::min(blas, blas2);
+  const std::lock_guard<std::mutex> lock(mutex);
+  return chosen.emplace(key, blas < own).first->second;
+}
+
+template <typename Fn>
+double seconds_of(const Fn& fn) {
+  const auto start = std::chrono::steady_clock::now();
+  fn();
+  return seconds(start);
+}
+
+// The step product's one extra Product value in the cache key.
+constexpr int kRecurrentStep = -1;
 
 }  // namespace
 
@@ -89,29 +121,54 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
   tokens = bucket;
   const Key key{static_cast<int>(product), static_cast<int>(sizeof(S)), M, n, K, a_transposed,
                 b_transposed, at::get_num_threads(), at::in_parallel_region()};
-  static std::mutex mutex;
-  static std::map<Key, bool> chosen;
-  {
-    const std::lock_guard<std::mutex> lock(mutex);
-    const auto found = chosen.find(key);
-    if (found != chosen.end()) return found->second;
-  }
-  // Operands of the sample's shape, filled (values do not change the speed of
-  // either implementation; denormals would, so none).
-  std::vector<S> a(M * K, S(0.5)), b(K * n, S(0.25)), c(M * n, S(0));
-  const int64_t lda = a_transposed ? M : K;
-  auto run = [&](bool blas) {
-    const auto start = std::chrono::steady_clock::now();
-    gemm_on<S>(blas, M, n, K, a.data(), lda, a_transposed, b.data(), b_transposed, c.data(), n,
-               false);
-    return seconds(start);
-  };
-  // One warm-up each, then the best of two, alternated.
-  run(false), run(true);
-  double own = run(false), blas = run(true);
-  own = std::min(own, run(false)), blas = std::min(blas, run(true));
-  const std::lock_guard<std::mutex> lock(mutex);
-  return chosen.emplace(key, blas < own).first->second;
+  // Operands of the sample's shape, made at the first measurement and filled
+  // (values do not change the speed of either implementation; denormals
+  // would, so none).
+  std::vector<S> a, b, c;
+  return cached_choice(key, [&] {
+    if (a.empty()) a.assign(M * K, S(0.5)), b.assign(K * n, S(0.25)), c.assign(M * n, S(0));
+    const int64_t lda = a_transposed ? M : K;
+    auto run = [&](bool blas) {
+      return seconds_of([&] {
+        gemm_on<S>(blas, M, n, K, a.data(), lda, a_transposed, b.data(), b_transposed,
+                   c.data(), n, false);
+      });
+    };
+    const double own = run(false);
+    return std::pair<double, double>(own, run(true));
+  });
+}
+
+template <typename S>
+bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K) {
+  const Pin pin = pinned();
+  if (pin != Pin::Auto) return pin == Pin::Blas;
+  const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, false, true,
+                at::get_num_threads(), at::in_parallel_region()};
+  std::vector<S> h, w, out, packed;
+  return cached_choice(key, [&] {
+    if (h.empty()) {
+      h.assign(B * K, S(0.5)), w.assign(n * K, S(0.25)), out.assign(B * n, S(0));
+      packed.resize(packed_size<S>(K, n));
+      pack_rhs<S>(w.data(), K, n, /*transpose=*/true, packed.data());
+    }
+    const Packed<S> w_t{packed.data(), K, n};
+    auto tiles = [&](bool blas) {
+      return seconds_of([&] {
+        at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+          const S* rows = h.data() + b0 * K;
+          S* dst = out.data() + b0 * n;
+          if (blas) {
+            blas_gemm<S>(b1 - b0, n, K, rows, K, false, w.data(), true, dst, n, false);
+          } else {
+            small_gemm<S>(b1 - b0, rows, K, w_t, 0, K, dst, n, /*accumulate=*/false);
+          }
+        });
+      });
+    };
+    const double own = tiles(false);
+    return std::pair<double, double>(own, tiles(true));
+  });
 }
 
 template void blas_gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,
@@ -124,5 +181,7 @@ template void gemm_on<double>(bool, int64_t, int64_t, int64_t, const double*, in
                               const double*, bool, double*, int64_t, bool);
 template bool prefer_blas<float>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
 template bool prefer_blas<double>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
+template bool prefer_blas_step<float>(int64_t, int64_t, int64_t, int64_t);
+template bool prefer_blas_step<double>(int64_t, int64_t, int64_t, int64_t);
 
 }  // namespace fastrnn::cpu

@@ -43,4 +43,13 @@ template <typename S>
 bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
                  bool b_transposed, bool tokens_in_m);
 
+// Whether the forward loop's step product gh = h_{t-1} (B, K) @ W_hh^T
+// (K, n) runs faster through blas_gemm than on the packed blocks when batch
+// tiles of `grain` rows run it concurrently, one per thread, as the loop's
+// parts do (steps.h, for_each_part): both are timed that way, the blocks on
+// a W_hh packed beforehand (the loop packs once per call). Cached per shape
+// and thread count; FASTRNN_CPU_PRODUCTS pins it too.
+template <typename S>
+bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K);
+
 }  // namespace fastrnn::cpu

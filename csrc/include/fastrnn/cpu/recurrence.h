@@ -67,6 +67,14 @@ struct ForwardArgs {
     const uint16_t* h0;  // (B, P)
     uint16_t* y;         // (N, P) out: y rounded to bfloat16 (the op's output)
   } bf16;
+  // When fn is set, the step product of a part that computes every column
+  // (batch tiles, not hidden slices) runs through it instead of the packed
+  // whh_t: fn(ctx, rows, h (rows, P), out (rows, G*H)) writes out = h @ W_hh^T
+  // (the caller's BLAS, where product_choice.h measured it faster).
+  struct StepProduct {
+    void (*fn)(const void* ctx, int64_t rows, const S* h, S* out);
+    const void* ctx;
+  } step_product;
 };
 
 template <typename S>
