@@ -628,14 +628,14 @@ def _gate_reference(v):
     x_r, x_z, x_n, h_r, h_z, h_n, h_prev, gdh = v
     r, z = (x_r + h_r).sigmoid(), (x_z + h_z).sigmoid()
     n = (x_n + r * h_n).tanh()
-    gh = (1 - z) * n + z * h_prev
+    gh = n + z * (h_prev - n)  # torch.nn's GRU cell
     gru_grads = torch.autograd.grad((gdh * gh).sum(), [x_r, x_z, x_n, h_n, h_prev])
     pre, rdh = v[0], v[1]
     rnn = []
     for act in (torch.tanh, torch.relu):
         out = act(pre)
         rnn += [out, torch.autograd.grad((rdh * out).sum(), pre)[0]]
-    cols = [h, c, *lstm_grads, gh, *gru_grads, *rnn, pre.sigmoid(), (pre > 0).double()]
+    cols = [h, c, *lstm_grads, gh, *gru_grads, *rnn, pre.sigmoid(), torch.where(pre <= 0, 0.0, rdh)]
     return torch.stack([t.detach() for t in cols], dim=1)
 
 
