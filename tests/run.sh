@@ -9,4 +9,5 @@ export OMP_NUM_THREADS=1
 "$PY" -m pytest tests -q -p no:cacheprovider "$@"
 # The same parity suite again on the Triton kernels, interpreted on the CPU.
 TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest -q -p no:cacheprovider \
-  tests/test_triton_kernels.py tests/test_parity.py tests/test_backends.py tests/test_swap_and_training.py tests/test_compile.py
+  tests/test_triton_kernels.py tests/test_parity.py tests/test_backends.py tests/test_swap_and_training.py tests/test_compile.py \
+  tests/test_nonfinite.py tests/test_accuracy.py
