@@ -43,7 +43,8 @@ class _FusedCell:
         batch = x.size(0)
         weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
         # Under autocast, dtypes may differ: the op's autocast kernel casts them.
-        autocast = torch.is_autocast_enabled(x.device.type)
+        # (The any-device test first: 0.16 us, against 0.66 for this device's.)
+        autocast = torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type)
         if states is None:  # a state made here needs no checks
             self._check(x, (), weights.w_ih, autocast)
             zeros = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device)
