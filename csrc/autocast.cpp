@@ -11,17 +11,20 @@
 // CPU, as torch.nn under torch.autocast("cpu") (low = the autocast dtype):
 //   the kernels run in bfloat16 under bfloat16 autocast; under float16 in fp32,
 //   the results rounded to fp16 (the CPU kernels have no fp16 arithmetic).
-//   outputs     RNN                  y, h_n: low
-//               GRU                  y, h_n: promote(h0, low): its update
-//                                    h' = n + z (h - n) meets the state's dtype
-//               LSTM                 y, h_n, c_n: low (torch.nn runs it as
-//                                    mkldnn_rnn_layer, on CPU autocast's list)
-//               LSTM with proj_size  y, h_n: low (the projection's product);
-//                                    c_n: promote(c0, low)
-//   (torch.nn's cells keep the state's dtype for LSTMCell too; the cell module
-//   does that cast, as the op does not know it serves a cell.)
+//   The results' dtypes follow torch.nn's CPU cell formulas, whose products
+//   run in low precision and whose updates meet the state:
+//     RNN                  y, h_n: low (h' = act(products))
+//     GRU                  y, h_n: promote(h0, low) (h' = n + z (h - n))
+//     LSTM                 c_n: promote(c0, low) (c' = f c + i g);
+//                          y, h_n: c's dtype (h' = o tanh(c')), or low with a
+//                          projection (its product)
+//   That is torch.nn's cells, packed modules and LSTM with proj_size; its
+//   padded LSTM runs on oneDNN (mkldnn_rnn_layer, on CPU autocast's list) and
+//   returns low, which the module sets (fastrnn/autocast.py), as the op does
+//   not know how torch.nn would have run its call.
 // CUDA, as torch's Autocast kernel for _cudnn_rnn: every eligible tensor to
-//   float16, whatever the autocast dtype, and fp16 results.
+//   float16, whatever the autocast dtype, and fp16 results (torch.nn's cells
+//   return the autocast dtype: fastrnn/autocast.py).
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
@@ -71,9 +74,9 @@ OutDtypes out_dtypes(const std::string& mode, const Precision& p, at::ScalarType
     return {p.low, p.low};
   } else {
     if (mode == "GRU") return {at::promote_types(h0, p.low), p.low};
-    if (mode == "LSTM" && project)
-      return {p.low, at::promote_types(c0 ? c0->scalar_type() : p.low, p.low)};
-    return {p.low, p.low};
+    if (mode != "LSTM") return {p.low, p.low};
+    const at::ScalarType c = at::promote_types(c0 ? c0->scalar_type() : p.low, p.low);
+    return {project ? p.low : c, c};
   }
 }
 

@@ -14,6 +14,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastrnn
@@ -69,17 +70,21 @@ def inputs(name, kwargs, dtype, with_hx, device="cpu"):
 
 
 def flat(out):
+    if isinstance(out, PackedSequence):
+        return [out.data]
     return [t for o in out for t in flat(o)] if isinstance(out, tuple) else [out]
 
 
-def forward_backward(module, x, hx, device_type, low):
-    """Results and gradients of one forward under autocast, backward after it."""
+def forward_backward(module, x, hx, device_type, low, packed=False):
+    """Results and gradients of one forward under autocast, backward after it;
+    `packed`: x as a PackedSequence of lengths STEPS, 3, 2, 2."""
     x = x.detach().clone().requires_grad_()
     hx = None if hx is None else tuple(h.detach().clone().requires_grad_() for h in flat(hx))
     state = None if hx is None else (hx if len(hx) == 2 else hx[0])
     module.zero_grad(set_to_none=True)
+    inp = pack_padded_sequence(x, torch.tensor([STEPS, 3, 2, 2])) if packed else x
     with torch.autocast(device_type, dtype=low):
-        outs = flat(module(x, state))
+        outs = flat(module(inp, state))
     gen = torch.Generator().manual_seed(2)
     sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
         for o in outs).backward()
@@ -91,31 +96,37 @@ def dtypes(ts):
     return [t.dtype for t in ts]
 
 
-def torch_raises(ref, x, hx, device_type, low):
+def torch_raises(ref, x, hx, device_type, low, packed):
+    x = x.detach().requires_grad_()
     try:
         with torch.autocast(device_type, dtype=low):
-            ref(x.detach().requires_grad_(), hx)
+            ref(pack_padded_sequence(x, torch.tensor([STEPS, 3, 2, 2])) if packed else x, hx)
     except RuntimeError:
         return True
     return False
 
 
+FORMS = [(name, kwargs, form) for name, kwargs in CLASSES
+         for form in (("padded",) if name.endswith("Cell") else ("padded", "packed"))]
+
+
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("input_dtype", ["fp32", "low"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
-@pytest.mark.parametrize("name,kwargs", CLASSES, ids=ident)
-def test_cpu_autocast_matches_torch(name, kwargs, with_hx, input_dtype, low, native):
+@pytest.mark.parametrize("name,kwargs,form", FORMS, ids=ident)
+def test_cpu_autocast_matches_torch(name, kwargs, form, with_hx, input_dtype, low, native):
     dtype = torch.float32 if input_dtype == "fp32" else low
+    packed = form == "packed"
     ref, ours = make(torch.nn, name, kwargs), make(fastrnn, name, kwargs)
     x, hx = inputs(name, kwargs, dtype, with_hx)
-    if torch_raises(ref, x, hx, "cpu", low):
+    if torch_raises(ref, x, hx, "cpu", low, packed):
         # torch.nn's oneDNN LSTM has no fp16 kernel for fp32 input; fastrnn runs
         # it (in fp32, rounded to fp16) and returns fp16 as torch.nn's other paths do.
-        outs, grads, _, _ = forward_backward(ours, x, hx, "cpu", low)
+        outs, grads, _, _ = forward_backward(ours, x, hx, "cpu", low, packed)
         assert dtypes(outs) == [low] * len(outs)
         return
-    want, want_grads, _, _ = forward_backward(ref, x, hx, "cpu", low)
-    got, got_grads, xg, hxg = forward_backward(ours, x, hx, "cpu", low)
+    want, want_grads, _, _ = forward_backward(ref, x, hx, "cpu", low, packed)
+    got, got_grads, _, _ = forward_backward(ours, x, hx, "cpu", low, packed)
     assert dtypes(got) == dtypes(want), "output dtypes differ from torch.nn's under autocast"
     assert dtypes(got_grads) == dtypes(want_grads)
     assert all(p.grad.dtype == p.dtype for p in ours.parameters())
@@ -128,7 +139,7 @@ def test_cpu_autocast_matches_torch(name, kwargs, with_hx, input_dtype, low, nat
         for p in exact.parameters():
             p.copy_(rounded(p))
     hx64 = None if hx is None else (tuple(map(rounded, hx)) if "LSTM" in name else rounded(hx))
-    truth, truth_grads, _, _ = forward_backward(exact, rounded(x), hx64, "cpu", low)
+    truth, truth_grads, _, _ = forward_backward(exact, rounded(x), hx64, "cpu", low, packed)
     for i, (g, w, t) in enumerate(zip(got + got_grads, want + want_grads, truth + truth_grads)):
         assert_half_close(g.double(), w.double(), t.double(), f"result {i}")
 

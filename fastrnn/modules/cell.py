@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..autocast import cell_result_dtype
+from ..autocast import cell_dtype
 from ..backends.base import LayerSpec, LayerWeights
 from ..stack import current_weights, padded_batch_sizes, run_layer
 
@@ -66,8 +66,7 @@ class _FusedCell:
             used,
         )
         self.__dict__["last_backend"] = used[0]  # as in rnn.py: no Module.__setattr__
-        if autocast:
-            dtype = cell_result_dtype(lstm, x.device.type, states[0], h)
+        if autocast and (dtype := cell_dtype(x.device.type)) is not None:
             h, c = h.to(dtype), (c.to(dtype) if lstm else None)
         if not is_batched:
             h = h.squeeze(0)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..autocast import onednn_lstm_dtype
 from ..stack import current_weights, padded_batch_sizes, run_stack
 
 
@@ -107,6 +108,10 @@ class _FusedStack:
             training=self.training,
             used=used,
         )
+        if lstm and not packed and torch._C._is_any_autocast_enabled():
+            dtype = onednn_lstm_dtype(data, self.proj_size)
+            if dtype is not None:
+                out, h_n, c_n = out.to(dtype), h_n.to(dtype), c_n.to(dtype)
         # Straight into __dict__: RNNBase.__setattr__ and Module.__setattr__
         # cost ~1.5 us per call for a plain attribute.
         self.__dict__["last_backend"] = used[0] if len(used) == 1 else "+".join(used)
