@@ -9,8 +9,12 @@
 // re-cast its weights every step. float64 tensors are never cast, as in torch.
 //
 // CPU, as torch.nn under torch.autocast("cpu") (low = the autocast dtype):
-//   the kernels run in bfloat16 under bfloat16 autocast; under float16 in fp32,
-//   the results rounded to fp16 (the CPU kernels have no fp16 arithmetic).
+//   the kernels run in bfloat16 under bfloat16 autocast, except a single step
+//   (a cell): the CPU kernels compute a bf16 step in fp32 anyway (bf16
+//   products need T > 1, layer_ops.cpp: bf16_operands), so casting its input,
+//   states and weights to bf16 would only cost time (~15 us a LSTMCell step)
+//   and precision. Under float16 autocast, fp32 too (the CPU kernels have no
+//   fp16 arithmetic). The results are then rounded to the dtypes below.
 //   The results' dtypes follow torch.nn's CPU cell formulas, whose products
 //   run in low precision and whose updates meet the state:
 //     RNN                  y, h_n: low (h' = act(products))
@@ -49,12 +53,13 @@ struct Precision {
 };
 
 template <c10::DeviceType D>
-Precision precision() {
+Precision precision(const Tensor& batch_sizes) {
   if constexpr (D == c10::DeviceType::CUDA) {
     return {at::kHalf, at::kHalf};
   } else {
     const at::ScalarType low = at::autocast::get_autocast_dtype(D);
-    return {low == at::kBFloat16 ? low : at::kFloat, low};
+    const bool bf16 = low == at::kBFloat16 && batch_sizes.numel() > 1;
+    return {bf16 ? low : at::kFloat, low};
   }
 }
 
@@ -90,7 +95,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd_autocast(
   if (!at::autocast::is_eligible(x, D))  // float64 (or another device): as is
     return op<LayerFwd>().call(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                reverse, save);
-  const Precision p = precision<D>();
+  const Precision p = precision<D>(batch_sizes);
   auto cast = [&](const auto& t) { return at::autocast::cached_cast(p.run, t, D); };
   auto [y, h_n, c_n, ws] =
       op<LayerFwd>().call(mode, cast(x), batch_sizes, cast(h0), cast(c0), cast(w_ih),
@@ -109,7 +114,7 @@ std::tuple<Tensors, Tensors, Tensors, Tensors> bilayer_fwd_autocast(
   if (!at::autocast::is_eligible(x, D) || h0.empty())
     return op<BilayerFwd>().call(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                  save);
-  const Precision p = precision<D>();
+  const Precision p = precision<D>(batch_sizes);
   auto cast = [&](const auto& t) { return at::autocast::cached_cast(p.run, t, D); };
   auto [y, h_n, c_n, ws] =
       op<BilayerFwd>().call(mode, cast(x), batch_sizes, cast(h0), cast(c0), cast(w_ih),

@@ -156,7 +156,7 @@ def _match_rank(hx, lstm: bool, is_batched: bool):
 def _check_state_dtype(data: Tensor, hx) -> None:
     """torch.nn fails inside its kernels on a state of another dtype or device; say so up front."""
     for state in hx if isinstance(hx, (tuple, list)) else (hx,):
-        if state.dtype != data.dtype:
+        if state.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):  # autocast casts
             raise RuntimeError(f"hidden state dtype ({state.dtype}) does not match input dtype ({data.dtype})")
         if state.device != data.device:
             raise RuntimeError(
