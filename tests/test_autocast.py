@@ -5,8 +5,8 @@ preceding Linear returns), with and without hx: the same output dtypes as
 torch.nn, no exception where torch.nn has none, outputs and gradients within
 low-precision tolerance of torch.nn's own autocast result (judged against a
 float64 truth, as the bf16 parity tests), parameter gradients in the
-parameters' dtype; weights cast once per autocast region when a cell is
-stepped in a loop; a GradScaler training loop with torch.nn's losses and
+parameters' dtype; weights cast at most once per autocast region when a
+module or cell is called in a loop; a GradScaler training loop with torch.nn's losses and
 skipped steps. CUDA: torch.nn's cuDNN autocast (float16 for the modules
 whatever the autocast dtype; the autocast dtype for the cells), skipped here.
 """
