@@ -28,22 +28,6 @@ using Tensors = std::vector<Tensor>;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The ops below autograd, for the functions to call (by the dispatcher, so
-// that the fake kernels serve a traced call).
-const c10::TypedOperatorHandle<sig::LayerFwdFn>& layer_fwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fastrnn::layer_fwd", "")
-                             .typed<sig::LayerFwdFn>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<sig::BilayerFwdFn>& bilayer_fwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fastrnn::bilayer_fwd", "")
-                             .typed<sig::BilayerFwdFn>();
-  return op;
-}
-
 // A gradient as the backward kernels read it: dense (a grad from .sum() is
 // stride 0), and zeros for an output that autograd did not reach.
 Tensor dense_grad(const Tensor& grad, const Tensor& like) {
@@ -72,7 +56,7 @@ struct LayerFunction : torch::autograd::Function<LayerFunction> {
     Tensor y, h_n, c_n, workspace;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(y, h_n, c_n, workspace) = layer_fwd_op().call(
+      std::tie(y, h_n, c_n, workspace) = op<LayerFwd>().call(
           mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save);
     }
     ctx->set_materialize_grads(false);  // unused outputs (a cell's y) stay undefined
@@ -87,14 +71,6 @@ struct LayerFunction : torch::autograd::Function<LayerFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("fastrnn::layer_bwd", "")
-            .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-                const std::string&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
-                const Tensor&, bool)>();
     check_saved(ctx, "layer_fwd");
     const std::string mode = ctx->saved_data["mode"].toStringRef();
     const variable_list s = ctx->get_saved_variables();
@@ -103,9 +79,10 @@ struct LayerFunction : torch::autograd::Function<LayerFunction> {
                  &workspace = s[10];
     const Tensor grad_c = mode == "LSTM" ? dense_grad(grads[2], c0) : x.new_empty({0});
     auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] =
-        op.call(mode, dense_grad(grads[0], y), dense_grad(grads[1], h0), grad_c, x,
-                batch_sizes, h0, optional(c0), w_ih, w_hh, optional(b_ih), optional(b_hh),
-                optional(w_hr), y, workspace, ctx->saved_data["reverse"].toBool());
+        op<LayerBwd>().call(mode, dense_grad(grads[0], y), dense_grad(grads[1], h0), grad_c,
+                            x, batch_sizes, h0, optional(c0), w_ih, w_hh, optional(b_ih),
+                            optional(b_hh), optional(w_hr), y, workspace,
+                            ctx->saved_data["reverse"].toBool());
     // One gradient per forward argument (mode, batch_sizes and the flags have none).
     return {Tensor(),           dx,    Tensor(),          dh0,
             grad_of(c0, dc0),   dw_ih, dw_hh,             grad_of(b_ih, db_ih),
@@ -121,7 +98,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd_autograd(
   // without the autograd function's bookkeeping.
   if (!torch::autograd::compute_requires_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return layer_fwd_op().call(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+    return op<LayerFwd>().call(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                reverse, save);
   }
   const variable_list out = LayerFunction::apply(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
@@ -140,7 +117,7 @@ struct BilayerFunction : torch::autograd::Function<BilayerFunction> {
     Tensors y, h_n, c_n, workspace;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(y, h_n, c_n, workspace) = bilayer_fwd_op().call(
+      std::tie(y, h_n, c_n, workspace) = op<BilayerFwd>().call(
           mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, save);
     }
     TORCH_CHECK(y.size() == 2 && h_n.size() == 2 && c_n.size() == 2 && workspace.size() == 2,
@@ -163,15 +140,6 @@ struct BilayerFunction : torch::autograd::Function<BilayerFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("fastrnn::bilayer_bwd", "")
-            .typed<std::tuple<Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors,
-                              Tensors>(
-                const std::string&, at::TensorList, at::TensorList, at::TensorList,
-                const Tensor&, const Tensor&, at::TensorList, at::TensorList, at::TensorList,
-                at::TensorList, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                at::TensorList)>();
     check_saved(ctx, "bilayer_fwd");
     const std::string mode = ctx->saved_data["mode"].toStringRef();
     const variable_list s = ctx->get_saved_variables();
@@ -193,8 +161,8 @@ struct BilayerFunction : torch::autograd::Function<BilayerFunction> {
       grad_c.push_back(mode == "LSTM" ? dense_grad(grads[4 + d], c0[d]) : x.new_empty({0}));
     }
     auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] =
-        op.call(mode, grad_y, grad_h, grad_c, x, batch_sizes, lists[0], lists[1], lists[2],
-                lists[3], lists[4], lists[5], lists[6], y, workspace);
+        op<BilayerBwd>().call(mode, grad_y, grad_h, grad_c, x, batch_sizes, lists[0], lists[1],
+                              lists[2], lists[3], lists[4], lists[5], lists[6], y, workspace);
     variable_list out{Tensor(), dx, Tensor()};
     const std::vector<const Tensors*> per_list{&dh0, &dc0, &dw_ih, &dw_hh,
                                                &db_ih, &db_hh, &dw_hr};
@@ -211,7 +179,7 @@ std::tuple<Tensors, Tensors, Tensors, Tensors> bilayer_fwd_autograd(
     at::TensorList b_hh, at::TensorList w_hr, bool save) {
   if (!torch::autograd::compute_requires_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return bilayer_fwd_op().call(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+    return op<BilayerFwd>().call(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                  save);
   }
   const variable_list o = BilayerFunction::apply(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,

@@ -7,7 +7,7 @@
 //   GRU   x_r,x_z,x_n = v0..v2, h_r,h_z,h_n = v3..v5, h_prev = v6, dh = v7:
 //         h, d r, d z, d x_n, d h_n, dh_prev (direct)                    (6)
 //   RNN   pre = v0, dh = v1: tanh h, d pre; relu h, d pre                  (4)
-//   Math  sigmoid(v0), relu_grad(v0)                                      (2)
+//   Math  sigmoid(v0), relu_backward(dh = v1, y = v0)                     (2)
 #include <stdio.h>
 
 #include "fastrnn/gates.h"
@@ -27,7 +27,7 @@ void probe(const double* v) {
                      g.h, dg.r, dg.z, dg.x_n, dg.h_n, dg.h_prev,
                      ht, rnn_backward<RnnAct::Tanh>(x[1], ht),
                      hr, rnn_backward<RnnAct::Relu>(x[1], hr),
-                     Math<T>::sigmoid(x[0]), Math<T>::relu_grad(x[0])};
+                     Math<T>::sigmoid(x[0]), Math<T>::relu_backward(x[1], x[0])};
   for (int i = 0; i < 19; ++i) printf("%.17g%c", static_cast<double>(out[i]), i == 18 ? '\n' : ' ');
 }
 

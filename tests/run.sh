@@ -13,4 +13,4 @@ JOBS=${FASTRNN_TEST_JOBS:-$(nproc)}
 # The same parity suite again on the Triton kernels, interpreted on the CPU.
 TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest -q -p no:cacheprovider -n "$JOBS" \
   tests/test_triton_kernels.py tests/test_parity.py tests/test_backends.py tests/test_swap_and_training.py tests/test_compile.py \
-  tests/test_gates.py
+  tests/test_gates.py tests/test_nonfinite.py tests/test_accuracy.py

@@ -645,7 +645,7 @@ def test_matches_torch_nn(mode):
         torch.testing.assert_close(h_n, want[1][0])
 
 
-def _gate_reference(v):
+def gate_reference(v):
     """The 19 probe outputs (see tests/gates_probe.cpp) from torch autograd, float64."""
     v = [t.clone().requires_grad_() for t in v.t()]
     pi, pf, pg, po, c_prev, dh, dc_next, _ = v
@@ -656,20 +656,20 @@ def _gate_reference(v):
     x_r, x_z, x_n, h_r, h_z, h_n, h_prev, gdh = v
     r, z = (x_r + h_r).sigmoid(), (x_z + h_z).sigmoid()
     n = (x_n + r * h_n).tanh()
-    gh = (1 - z) * n + z * h_prev
+    gh = n + z * (h_prev - n)  # torch.nn's GRU cell
     gru_grads = torch.autograd.grad((gdh * gh).sum(), [x_r, x_z, x_n, h_n, h_prev])
     pre, rdh = v[0], v[1]
     rnn = []
     for act in (torch.tanh, torch.relu):
         out = act(pre)
         rnn += [out, torch.autograd.grad((rdh * out).sum(), pre)[0]]
-    cols = [h, c, *lstm_grads, gh, *gru_grads, *rnn, pre.sigmoid(), (pre > 0).double()]
+    cols = [h, c, *lstm_grads, gh, *gru_grads, *rnn, pre.sigmoid(), torch.where(pre <= 0, 0.0, rdh)]
     return torch.stack([t.detach() for t in cols], dim=1)
 
 
-def test_scalar_gate_math(tmp_path):
-    """gates.h instantiated with plain float/double (as the CUDA kernels use it),
-    compiled without torch, against torch autograd."""
+def run_gate_probe(tmp_path, values):
+    """tests/gates_probe.cpp built here and run on `values` (n, 8): its rows,
+    double then float for each record. Skips without a C++ compiler."""
     import shutil
     import subprocess
     from pathlib import Path
@@ -681,14 +681,20 @@ def test_scalar_gate_math(tmp_path):
     probe = tmp_path / "gates_probe"
     subprocess.run([compiler, "-std=c++17", "-O1", f"-I{root / 'csrc' / 'include'}",
                     str(root / "tests" / "gates_probe.cpp"), "-o", str(probe)], check=True)
-    gen = torch.Generator().manual_seed(3)
-    values = torch.randn(64, 8, generator=gen, dtype=torch.float64) * 2
-    values = values.to(torch.float32).double()  # exactly representable in float too
     stdin = f"{len(values)}\n" + "\n".join(" ".join(repr(x) for x in row.tolist())
                                            for row in values)
     out = subprocess.run([str(probe)], input=stdin, capture_output=True, text=True, check=True)
-    rows = torch.tensor([[float(x) for x in line.split()] for line in out.stdout.splitlines()],
+    return torch.tensor([[float(x) for x in line.split()] for line in out.stdout.splitlines()],
                         dtype=torch.float64)
-    want = _gate_reference(values)
+
+
+def test_scalar_gate_math(tmp_path):
+    """gates.h instantiated with plain float/double (as the CUDA kernels use it),
+    compiled without torch, against torch autograd."""
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(64, 8, generator=gen, dtype=torch.float64) * 2
+    values = values.to(torch.float32).double()  # exactly representable in float too
+    rows = run_gate_probe(tmp_path, values)
+    want = gate_reference(values)
     torch.testing.assert_close(rows[0::2], want, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(rows[1::2], want, atol=2e-6, rtol=2e-5)

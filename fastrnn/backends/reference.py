@@ -8,7 +8,8 @@ not speed. Gate math follows torch.nn's documentation exactly:
         h' = W_hr h'                                   (proj_size > 0)
   GRU   r = sigmoid(x_r + h_r);  z = sigmoid(x_z + h_z)
         n = tanh(x_n + r * h_n)          (h_n = W_hn h + b_hn: b_hn inside r *)
-        h' = (1 - z) * n + z * h
+        h' = n + z * (h - n)             (= (1 - z) n + z h, in torch.nn's
+                                          order, so inf and NaN land where its do)
   RNN   h' = tanh(W_ih x + b_ih + W_hh h + b_hh)   (or relu)
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def cell_step(
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
-        return (1 - z) * n + z * h, None
+        return n + z * (h - n), None
     act = torch.tanh if mode == "RNN_TANH" else torch.relu
     return act(gx + gh), None
 

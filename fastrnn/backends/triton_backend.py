@@ -135,6 +135,12 @@ def _backward(ctx, grad_y, grad_h_n, grad_c_n, *_buffers):
 
 
 layer_fwd.register_autograd(_backward, setup_context=_setup_context)
+# torch.autocast on CUDA, as torch's Autocast kernel for _cudnn_rnn: every
+# floating input to float16, whatever the autocast dtype (a cell's result dtype
+# is then set by fastrnn/autocast.py). Unlike the native ops' autocast kernels
+# (csrc/autocast.cpp) these casts are not cached across the calls of an
+# autocast region: torch offers no Python entry to its autocast cache.
+torch.library.register_autocast("fastrnn::triton_layer_fwd", "cuda", torch.float16)
 
 
 class TritonBackend(Backend):

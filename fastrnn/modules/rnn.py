@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ..autocast import onednn_lstm_dtype
 from ..stack import current_weights, padded_batch_sizes, run_stack
 from .deploy import Deployable, recording
 
@@ -110,6 +111,10 @@ class _FusedStack(Deployable):
             training=self.training,
             used=used,
         )
+        if lstm and not packed and torch._C._is_any_autocast_enabled():
+            dtype = onednn_lstm_dtype(data, self.proj_size)
+            if dtype is not None:
+                out, h_n, c_n = out.to(dtype), h_n.to(dtype), c_n.to(dtype)
         # Straight into __dict__: RNNBase.__setattr__ and Module.__setattr__
         # cost ~1.5 us per call for a plain attribute.
         self.__dict__["last_backend"] = used[0] if len(used) == 1 else "+".join(used)
@@ -170,7 +175,7 @@ def _match_rank(hx, lstm: bool, is_batched: bool, packed: bool):
 def _check_state_dtype(data: Tensor, hx) -> None:
     """torch.nn fails inside its kernels on a state of another dtype or device; say so up front."""
     for state in hx if isinstance(hx, (tuple, list)) else (hx,):
-        if state.dtype != data.dtype:
+        if state.dtype != data.dtype and not torch.is_autocast_enabled(data.device.type):  # autocast casts
             raise RuntimeError(f"hidden state dtype ({state.dtype}) does not match input dtype ({data.dtype})")
         if state.device != data.device:
             raise RuntimeError(

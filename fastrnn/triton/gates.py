@@ -7,6 +7,11 @@ Modes are compile-time ints (see MODE_IDS) so dead branches vanish.
 Derivatives are written in terms of the saved activations (y = sigmoid(a):
 dy/da = y (1 - y); y = tanh(a): dy/da = 1 - y^2), which is why the forward pass
 saves post-activation gates rather than pre-activations.
+
+NaN and inf behave as in torch.nn and as in the C++ kernels' math
+(csrc/include/fastrnn/gates.h, where the reasons are spelled out): NaN in, NaN
+out; relu and its backward are selects, not max / products with a mask; the GRU
+runs in torch's order h = n + z (h - n).
 """
 import triton
 import triton.language as tl
@@ -27,12 +32,23 @@ def sigmoid(x):
 
 @triton.jit
 def tanh(x):
-    # tanh(x) = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) <= 1: no overflow.
-    # (libdevice.tanh is not usable under the interpreter; this form is exact to
-    # a few fp32 ulps away from 0 and to ~1e-7 absolute near 0.)
+    # Accurate relative to its value (libdevice.tanh is not usable under the
+    # interpreter), the same two pieces as the CPU kernels' tanh_f32
+    # (csrc/include/fastrnn/cpu/vec_math.h), same coefficients:
+    #   |x| < 0.625: x + x^3 P(x^2), P a degree-4 minimax fit (< 1 ulp)
+    #   else:        sign(x) (1 - e) / (1 + e), e = exp(-2|x|) <= 0.29, which
+    #                cancels at most one bit, saturates to +-1 and never overflows.
+    # A NaN fails |x| >= 0.625, takes the polynomial and stays NaN.
+    s = x * x
+    p = -0.005704963114112616 * s + 0.02063906379044056
+    p = p * s - 0.05373970791697502
+    p = p * s + 0.13331441581249237
+    p = p * s - 0.3333328068256378
+    near_zero = x + x * s * p
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
+    far = tl.where(x < 0, -t, t)
+    return tl.where(tl.abs(x) >= 0.625, far, near_zero)
 
 
 @triton.jit
@@ -66,7 +82,7 @@ def gru_forward(ar, az, xn, hn, h_prev):
     r = sigmoid(ar)
     z = sigmoid(az)
     n = tanh(xn + r * hn)
-    return r, z, n, (1.0 - z) * n + z * h_prev
+    return r, z, n, n + z * (h_prev - n)
 
 
 @triton.jit
@@ -75,9 +91,10 @@ def gru_backward(dh, r, z, n, hn, h_prev):
 
     dan is the grad of the n pre-activation w.r.t. its input part (x_n), dhn the
     grad w.r.t. the recurrent part hn (= dan * r), dh_direct = dh * z the path
-    h' = ... + z * h that bypasses W_hh.
+    h' = ... + z * h that bypasses W_hh. dn = dh - dh z as torch's autograd forms
+    it (an infinite dh gives NaN where torch.nn's does).
     """
-    dn = dh * (1.0 - z)
+    dn = dh - dh * z
     dz = dh * (h_prev - n)
     dan = dn * (1.0 - n * n)
     dar = dan * hn * r * (1.0 - r)
@@ -90,7 +107,7 @@ def rnn_forward(a, MODE: tl.constexpr):
     if MODE == RNN_TANH:
         return tanh(a)
     else:
-        return tl.maximum(a, 0.0)
+        return tl.where(a < 0.0, 0.0, a)  # NaN stays NaN (tl.maximum may drop it)
 
 
 @triton.jit
@@ -98,4 +115,4 @@ def rnn_backward(dh, h_new, MODE: tl.constexpr):
     if MODE == RNN_TANH:
         return dh * (1.0 - h_new * h_new)
     else:
-        return tl.where(h_new > 0.0, dh, 0.0)
+        return tl.where(h_new <= 0.0, 0.0, dh)  # torch's threshold_backward

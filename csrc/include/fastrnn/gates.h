@@ -26,24 +26,28 @@ namespace fastrnn {
 
 // Primitive elementwise functions per value type. Specialise for new types.
 //   one()          1
-//   exp(x)         e^x
 //   tanh(x)        tanh x
 //   sigmoid(x)     1 / (1 + e^-x)
 //   relu(x)        max(x, 0)
-//   relu_grad(y)   1 where y > 0 else 0 (y = relu(x): same mask as x > 0)
+//   relu_backward(dh, y)   0 where y <= 0 else dh (y = relu(x): same mask as x > 0)
+//   fma(a, b, c)   a * b + c, rounded once
+// Non-finite values behave as in torch: NaN in gives NaN out (relu too), +-inf
+// saturates sigmoid and tanh, and relu_backward is torch's threshold_backward:
+// a select, not a product with a 0/1 mask, so a NaN or inf dh stops where
+// y <= 0 (0 * NaN would be NaN), and a NaN y passes dh on (NaN <= 0 is false).
 template <typename T>
 struct Math;
 
 // float and double: the overloads of <math.h> (host) and of CUDA's device math
-// library resolve ::exp / ::tanh to expf / tanhf for float.
+// library resolve ::exp / ::tanh / ::fma to expf / tanhf / fmaf for float.
 template <typename T>
 struct ScalarMath {
   FASTRNN_HD static T one() { return T(1); }
-  FASTRNN_HD static T exp(T x) { return ::exp(x); }
   FASTRNN_HD static T tanh(T x) { return ::tanh(x); }
   FASTRNN_HD static T sigmoid(T x) { return T(1) / (T(1) + ::exp(-x)); }
-  FASTRNN_HD static T relu(T x) { return x > T(0) ? x : T(0); }
-  FASTRNN_HD static T relu_grad(T y) { return y > T(0) ? T(1) : T(0); }
+  FASTRNN_HD static T relu(T x) { return x < T(0) ? T(0) : x; }  // NaN < 0 is false
+  FASTRNN_HD static T relu_backward(T dh, T y) { return y <= T(0) ? T(0) : dh; }
+  FASTRNN_HD static T fma(T a, T b, T c) { return ::fma(a, b, c); }
 };
 
 template <>
@@ -115,7 +119,8 @@ FASTRNN_HD LstmBackward<T> lstm_backward(T dh, T dc_next, T i, T f, T g, T o, T 
 //   x_r, x_z, x_n = W_i{r,z,n} x + b_i{r,z,n}
 //   h_r, h_z, h_n = W_h{r,z,n} h_prev + b_h{r,z,n}
 //   r = sigma(x_r + h_r)   z = sigma(x_z + h_z)   n = tanh(x_n + r * h_n)
-//   h = (1 - z) * n + z * h_prev
+//   h = n + z * (h_prev - n)      (= (1 - z) n + z h_prev, in torch's order of
+//                                  operations: see gru_backward)
 template <typename T>
 struct GruForward {
   T r, z, n;  // activated gates (saved for backward, with h_n)
@@ -129,19 +134,22 @@ FASTRNN_HD GruForward<T> gru_forward(T x_r, T x_z, T x_n, T h_r, T h_z, T h_n, T
   s.r = M::sigmoid(x_r + h_r);
   s.z = M::sigmoid(x_z + h_z);
   s.n = M::tanh(x_n + s.r * h_n);
-  s.h = (M::one() - s.z) * s.n + s.z * h_prev;
+  s.h = M::fma(s.z, h_prev - s.n, s.n);
   return s;
 }
 
 // Backward. Inputs: dh = dL/dh (output plus recurrent gradient), the saved
 // r, z, n, h_n (= W_hn h_prev + b_hn) and h_prev.
-//   d pre_n = dh * (1 - z) * (1 - n^2)          (= d x_n)
+//   d pre_n = (dh - dh * z) * (1 - n^2)         (= d x_n)
 //   d pre_z = dh * (h_prev - n) * z (1 - z)     (= d x_z = d h_z)
 //   d pre_r = d pre_n * h_n * r (1 - r)         (= d x_r = d h_r)
 //   d h_n   = d pre_n * r
 //   dh_prev (direct part) = dh * z; the rest comes from the recurrent GEMM.
 // The input side and the hidden side differ only in the n gate: x_n gets
 // d pre_n, h_n gets d pre_n * r.
+// dL/dn is dh - dh * z as torch's autograd forms it for h = n + z (h_prev - n),
+// not dh (1 - z): an infinite dh then gives NaN (inf - inf) exactly where
+// torch.nn's does; fma rounds it once, so it is also the more accurate form.
 template <typename T>
 struct GruBackward {
   T r, z;     // gradients w.r.t. the r and z pre-activations (both sides)
@@ -152,9 +160,10 @@ struct GruBackward {
 
 template <typename T>
 FASTRNN_HD GruBackward<T> gru_backward(T dh, T r, T z, T n, T h_n, T h_prev) {
-  const T one = Math<T>::one();
+  using M = Math<T>;
+  const T one = M::one();
   GruBackward<T> d;
-  d.x_n = dh * (one - z) * (one - n * n);
+  d.x_n = M::fma(-dh, z, dh) * (one - n * n);
   d.z = dh * (h_prev - n) * z * (one - z);
   d.r = d.x_n * h_n * r * (one - r);
   d.h_n = d.x_n * r;
@@ -164,7 +173,7 @@ FASTRNN_HD GruBackward<T> gru_backward(T dh, T r, T z, T n, T h_n, T h_prev) {
 
 // ---------------------------------------------------------------- RNN
 // h = act(pre), act = tanh or relu. The backward needs only the output h:
-//   tanh: d pre = dh * (1 - h^2)      relu: d pre = dh * [h > 0]
+//   tanh: d pre = dh * (1 - h^2)      relu: d pre = h <= 0 ? 0 : dh
 enum class RnnAct { Tanh, Relu };
 
 template <RnnAct A, typename T>
@@ -174,7 +183,7 @@ FASTRNN_HD T rnn_forward(T pre) {
 
 template <RnnAct A, typename T>
 FASTRNN_HD T rnn_backward(T dh, T h) {
-  return A == RnnAct::Tanh ? dh * (Math<T>::one() - h * h) : dh * Math<T>::relu_grad(h);
+  return A == RnnAct::Tanh ? dh * (Math<T>::one() - h * h) : Math<T>::relu_backward(dh, h);
 }
 
 }  // namespace fastrnn

@@ -71,6 +71,18 @@ struct BilayerBwd {
   using Fn = sig::BilayerBwdFn;
 };
 
+// The dispatcher's handle of Op, for a kernel that calls the op again below
+// its own dispatch key (autograd, autocast), so that the call reaches the
+// device kernels or, traced, the fake kernels.
+template <typename Op>
+const c10::TypedOperatorHandle<typename Op::Fn>& op() {
+  static const auto handle =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow((std::string("fastrnn::") + Op::name).c_str(), "")
+          .template typed<typename Op::Fn>();
+  return handle;
+}
+
 // Registers `kernel` for Op inside a TORCH_LIBRARY_IMPL block. The only way a
 // device kernel should be registered: the conversion of &kernel to Op::Fn* is
 // the compile-time signature check.

@@ -1,0 +1,92 @@
+"""Times the same fastrnn workloads in two checkouts (each with its extension
+built in place), for a change that cannot run side by side in one process: two
+builds of fastrnn._C register the same op names.
+
+    python3 benchmarks/compare_checkouts.py OLD_CHECKOUT NEW_CHECKOUT [--rounds 7]
+
+Each round runs every workload once per checkout, in a fresh process per
+checkout, alternating which goes first; a process reports its fastest batch
+of calls (a batch's mean; the minimum of 15 batches, since a shared machine's
+load only ever adds time). Printed per workload: both medians over rounds, and the median of the
+per-round ratios new / old (paired, so a load change between rounds cancels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+# name: (class, batch, hidden, steps, training); steps 0 = one cell step.
+WORKLOADS = {
+    "LSTM B16 H128 T256 inference": ("LSTM", 16, 128, 256, False),
+    "LSTM B16 H128 T256 training": ("LSTM", 16, 128, 256, True),
+    "GRU B16 H128 T256 inference": ("GRU", 16, 128, 256, False),
+    "GRU B16 H128 T256 training": ("GRU", 16, 128, 256, True),
+    "LSTMCell B1 H64 step inference": ("LSTMCell", 1, 64, 0, False),
+    "LSTMCell B1 H64 step training": ("LSTMCell", 1, 64, 0, True),
+    "GRUCell B1 H64 step inference": ("GRUCell", 1, 64, 0, False),
+    "RNNCell B1 H64 step inference": ("RNNCell", 1, 64, 0, False),
+}
+
+CHILD = r"""
+import json, sys, time, torch, fastrnn
+torch.set_num_threads(1)
+name, batch, hidden, steps, training = json.loads(sys.argv[1])
+torch.manual_seed(0)
+m = getattr(fastrnn, name)(hidden, hidden)
+x = torch.randn(batch, hidden) if steps == 0 else torch.randn(steps, batch, hidden)
+calls = 1000 if steps == 0 else 4  # per batch; 15 batches
+def once():
+    if training:
+        out = m(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+    else:
+        with torch.no_grad():
+            m(x)
+for _ in range(calls):
+    once()
+batches = []
+for _ in range(15):
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        once()
+    batches.append((time.perf_counter() - t0) / calls)
+print(json.dumps(min(batches)))
+"""
+
+
+def run(checkout: str, workload) -> float:
+    env = dict(os.environ, PYTHONPATH=checkout, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(workload)], env=env,
+                         cwd=checkout, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old")
+    parser.add_argument("new")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--only", default="", help="run the workloads whose name contains this")
+    args = parser.parse_args()
+    print(f"| workload | old | new | new / old |\n|---|---|---|---|")
+    for label, workload in WORKLOADS.items():
+        if args.only not in label:
+            continue
+        old, new = [], []
+        for r in range(args.rounds):
+            order = (args.old, args.new) if r % 2 == 0 else (args.new, args.old)
+            got = {c: run(c, workload) for c in order}
+            old.append(got[args.old])
+            new.append(got[args.new])
+        ratio = statistics.median(n / o for n, o in zip(new, old))
+        unit, scale = ("us", 1e6) if workload[3] == 0 else ("ms", 1e3)
+        print(f"| {label} | {statistics.median(old) * scale:.2f} {unit} "
+              f"| {statistics.median(new) * scale:.2f} {unit} | {ratio:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
