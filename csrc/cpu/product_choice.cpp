@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -47,35 +48,47 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 // transposes, threads, inside a parallel region)
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool>;
 
-// The cached choice for `key`, measured by time_both() -> (own s, blas s)
-// the first time.
+// The step product's one extra Product value in the cache key, and the
+// number of product values (Product's five and this one).
+constexpr int kRecurrentStep = -1;
+constexpr size_t kProducts = 6;
+
+// The cached choice for `key`, measured by time_both(repeats) -> (own s,
+// blas s) for `repeats` runs of each the first time. Small products repeat
+// until a run of them takes ~0.2 ms, so that timer resolution and one-off
+// noise do not decide; BLAS must win by 5%, so that a tie keeps the blocks
+// (and results stay the same from process to process).
 template <typename Measure>
 bool cached_choice(const Key& key, const Measure& time_both) {
+  // Each thread remembers the last choice per product, so that a loop of
+  // calls of one shape (a cell stepped by a decoder) takes no lock.
+  thread_local std::array<std::pair<Key, bool>, kProducts> last{};
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kRecurrentStep)];
+  if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, bool> chosen;
   {
     const std::lock_guard<std::mutex> lock(mutex);
     const auto found = chosen.find(key);
-    if (found != chosen.end()) return found->second;
+    if (found != chosen.end()) return (mine = {key, found->second}).second;
   }
-  // One warm-up each, then the best of two, alternated.
-  time_both();
-  auto [own, blas] = time_both();
-  const auto [own2, blas2] = time_both();
+  const auto [once_own, once_blas] = time_both(1);  // warm-up, and the run's size
+  const int64_t repeats =
+      std::clamp<int64_t>(static_cast<int64_t>(2e-4 / std::max(1e-9, std::min(once_own, once_blas))),
+                          1, 1000);
+  auto [own, blas] = time_both(repeats);
+  const auto [own2, blas2] = time_both(repeats);
   own = std::min(own, own2), blas = std::min(blas, blas2);
   const std::lock_guard<std::mutex> lock(mutex);
-  return chosen.emplace(key, blas < own).first->second;
+  return (mine = {key, chosen.emplace(key, blas < 0.95 * own).first->second}).second;
 }
 
 template <typename Fn>
-double seconds_of(const Fn& fn) {
+double seconds_of(int64_t repeats, const Fn& fn) {
   const auto start = std::chrono::steady_clock::now();
-  fn();
+  for (int64_t r = 0; r < repeats; ++r) fn();
   return seconds(start);
 }
-
-// The step product's one extra Product value in the cache key.
-constexpr int kRecurrentStep = -1;
 
 }  // namespace
 
@@ -125,11 +138,11 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
   // (values do not change the speed of either implementation; denormals
   // would, so none).
   std::vector<S> a, b, c;
-  return cached_choice(key, [&] {
+  return cached_choice(key, [&](int64_t repeats) {
     if (a.empty()) a.assign(M * K, S(0.5)), b.assign(K * n, S(0.25)), c.assign(M * n, S(0));
     const int64_t lda = a_transposed ? M : K;
     auto run = [&](bool blas) {
-      return seconds_of([&] {
+      return seconds_of(repeats, [&] {
         gemm_on<S>(blas, M, n, K, a.data(), lda, a_transposed, b.data(), b_transposed,
                    c.data(), n, false);
       });
@@ -146,7 +159,7 @@ bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K) {
   const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, false, true,
                 at::get_num_threads(), at::in_parallel_region()};
   std::vector<S> h, w, out, packed;
-  return cached_choice(key, [&] {
+  return cached_choice(key, [&](int64_t repeats) {
     if (h.empty()) {
       h.assign(B * K, S(0.5)), w.assign(n * K, S(0.25)), out.assign(B * n, S(0));
       packed.resize(packed_size<S>(K, n));
@@ -154,7 +167,7 @@ bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K) {
     }
     const Packed<S> w_t{packed.data(), K, n};
     auto tiles = [&](bool blas) {
-      return seconds_of([&] {
+      return seconds_of(repeats, [&] {
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
           const S* rows = h.data() + b0 * K;
           S* dst = out.data() + b0 * n;

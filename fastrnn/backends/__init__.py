@@ -83,19 +83,17 @@ def chain(device_type: str) -> tuple[str, ...]:
 
 
 def select(spec: LayerSpec, x: Tensor) -> Backend:
-    """The first backend in the chain that accepts this call."""
-    backend = _first_serving(spec, x)
-    return _wrappers[-1](backend) if _wrappers else backend
-
-
-def _first_serving(spec: LayerSpec, x: Tensor) -> Backend:
+    """The first backend in the chain that accepts this call (handed to an active
+    gate capture's wrapper, if any; one frame, as it runs every layer call)."""
+    chosen = _BACKENDS["reference"]
     for name in chain(x.device.type):
         backend = _BACKENDS.get(name)
         if backend is None or backend.available() is not None:
             continue
         if backend.supports(spec, x) is None:
-            return backend
-    return _BACKENDS["reference"]
+            chosen = backend
+            break
+    return _wrappers[-1](chosen) if _wrappers else chosen
 
 
 def why_not(name: str, spec: LayerSpec, x: Tensor) -> Optional[str]:
