@@ -54,22 +54,17 @@ using BilayerBwdFn =
 }  // namespace sig
 
 // One tag per op: its name in the schema block and its kernels' function type.
-struct LayerFwd {
-  static constexpr const char* name = "layer_fwd";
-  using Fn = sig::LayerFwdFn;
+template <const char* Name, typename F>
+struct OpTag {
+  static constexpr const char* name = Name;
+  using Fn = F;
 };
-struct LayerBwd {
-  static constexpr const char* name = "layer_bwd";
-  using Fn = sig::LayerBwdFn;
-};
-struct BilayerFwd {
-  static constexpr const char* name = "bilayer_fwd";
-  using Fn = sig::BilayerFwdFn;
-};
-struct BilayerBwd {
-  static constexpr const char* name = "bilayer_bwd";
-  using Fn = sig::BilayerBwdFn;
-};
+inline constexpr char kLayerFwd[] = "layer_fwd", kLayerBwd[] = "layer_bwd",
+                      kBilayerFwd[] = "bilayer_fwd", kBilayerBwd[] = "bilayer_bwd";
+using LayerFwd = OpTag<kLayerFwd, sig::LayerFwdFn>;
+using LayerBwd = OpTag<kLayerBwd, sig::LayerBwdFn>;
+using BilayerFwd = OpTag<kBilayerFwd, sig::BilayerFwdFn>;
+using BilayerBwd = OpTag<kBilayerBwd, sig::BilayerBwdFn>;
 
 // The dispatcher's handle of Op, for a kernel that calls the op again below
 // its own dispatch key (autograd, autocast), so that the call reaches the
