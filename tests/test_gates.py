@@ -112,8 +112,9 @@ def make(mode, layers, bidir, proj, form, dtype, seed=0):
 
 
 def serves(backend, dtype):
-    if backends.why_not(backend, LayerSpec("LSTM", 3, 5), torch.empty(1, dtype=dtype)) is not None:
-        pytest.skip(f"{backend} does not serve {dtype}")
+    why = backends.why_not(backend, LayerSpec("LSTM", 3, 5), torch.empty(1, dtype=dtype))
+    if why is not None:
+        pytest.skip(reason=f"{backend} does not serve {dtype}: {why}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
