@@ -23,7 +23,8 @@ void gemm(int64_t M, const S* A, int64_t lda, bool a_transposed, const Packed<S>
   }
   // K slices of 256 rows: one packed panel slice is 16 KiB (float), and
   // small_gemm's 256 KiB column chunks of it are what the row blocks re-read
-  // from L2. Rows go to threads in multiples of small_gemm's 8-row block.
+  // from L2. Rows go to threads in multiples of 8 (small_gemm shares a
+  // thread's rows out evenly among its row blocks).
   constexpr int64_t kSlice = 256, kRowBlock = 8, kGroup = 128;
   const int64_t row_blocks = (M + kRowBlock - 1) / kRowBlock;
   // A read transposed with a row stride of 4 KiB or more (dG^T at G*H >=

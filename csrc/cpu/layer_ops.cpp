@@ -277,18 +277,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   // B = 1: packed RNN at H = 64 (8K elements) 14.6 us against 16.6 by BLAS;
   // LSTM at H = 64 (32K) 23.3 us packed against 19.8.
   const bool single = blas_single_step(L, int64_t{1} << 14);
-  // Input projection: per step inside the loop, or before it for every token
-  // in one product (steps.h, project_per_step).
-  const bool per_step =
-      !single && project_per_step(dims, L.I,
-                                  ct == at::kDouble ? at::vec::Vectorized<double>::size()
-                                                    : at::vec::Vectorized<float>::size(),
-                                  at::elementSize(ct));
   // bfloat16 operands (bf16_operands) with even I and P, as small_gemm_bf16
   // reads them in pairs. The loop then writes the bfloat16 output itself, and
   // fp32 copies of x and the weights are made only for the products that
   // still read them.
   const bool bf16_products = bf16_operands(L, x) && L.I % 2 == 0 && L.P % 2 == 0;
+  // The step product h_{t-1} @ W_hh^T through BLAS where that measured faster
+  // for this machine's batch tiles (product_choice.h); hidden slices keep
+  // the packed blocks, which they cut by columns.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const bool step_blas =
+      !single && !bf16_products && scratch_copies(dims, ct) == 1 &&
+      AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_step_choice", [&] {
+        return prefer_blas_step<scalar_t>(L.B, (L.B + threads - 1) / threads, GH, L.P, L.T);
+      });
+  // Input projection: per step inside the loop, on the blocks (steps.h,
+  // project_per_step), or before it for every token in one product, on the
+  // blocks or on BLAS. Per step saves writing and re-reading the (N, G*H)
+  // projection, but runs on the blocks: where BLAS runs the steps, or where
+  // the measured one-off product (the faster of blocks and BLAS) costs less
+  // than T step products and the packing of W_ih, the product is hoisted
+  // (B = 64, H = 1024 on an Intel Xeon: MKL's sgemm at 150 GFLOP/s against
+  // the blocks' 105).
+  const bool per_step =
+      !single && !step_blas &&
+      AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_projection_choice", [&] {
+        if (!project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
+                              sizeof(scalar_t)))
+          return false;
+        bool blas;
+        if (bf16_products || products_pinned(&blas)) return true;
+        const Times step = step_times<scalar_t>(L.B, (L.B + threads - 1) / threads, GH, L.I);
+        const Times hoisted = product_times<scalar_t>(Product::InputProjection, L.N, GH, L.I,
+                                                      false, true, /*tokens_in_m=*/true);
+        // The hoisted product also writes the projection and the loop reads
+        // it back from memory, which its sample (512 tokens, in cache) does
+        // not show: at B = 64, H = 256, T = 64 a 16 MiB round trip, 12 % of
+        // the forward. So it must win by more than that.
+        return 0.85 * (L.T * step.own + step.own_setup) < std::min(hoisted.own, hoisted.blas);
+      });
   const bool fp32_input = !(bf16_products && per_step);
   const Tensor xc = fp32_input ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input ? in_compute(w_ih, ct) : Tensor();
@@ -355,12 +382,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
       bf16 = {bits(x), per_step ? packed_bf16(w_ih, L.I, GH, wih16_storage) : PackedBf16{},
               packed_bf16(w_hh, L.P, GH, whh16_storage), bits(h0), bits(y16)};
     }
-    // The step product h_{t-1} @ W_hh^T through BLAS where that measured faster
-    // for this machine's batch tiles (product_choice.h); hidden slices keep
-    // the packed blocks, which they cut by columns.
-    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-    const bool step_blas = !single && !bf16_products && scratch_copies(dims, ct) == 1 &&
-                           prefer_blas_step<scalar_t>(L.B, (L.B + threads - 1) / threads, GH, L.P);
     const StepWeights<scalar_t> step_weights{step_blas ? ptr(whh) : nullptr, GH, L.P};
     ForwardArgs<scalar_t> args{
         ptr(gx),

@@ -53,34 +53,33 @@ using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, boo
 constexpr int kRecurrentStep = -1;
 constexpr size_t kProducts = 6;
 
-// The cached choice for `key`, measured by time_both(repeats) -> (own s,
-// blas s) for `repeats` runs of each the first time. Small products repeat
-// until a run of them takes ~0.2 ms, so that timer resolution and one-off
-// noise do not decide; BLAS must win by 5%, so that a tie keeps the blocks
-// (and results stay the same from process to process).
+// The cached times for `key`, measured by time_both(repeats) -> Times for
+// `repeats` runs of each the first time. Small products repeat until a run
+// of them takes ~0.2 ms, so that timer resolution and one-off noise do not
+// decide.
 template <typename Measure>
-bool cached_choice(const Key& key, const Measure& time_both) {
-  // Each thread remembers the last choice per product, so that a loop of
+Times cached_times(const Key& key, const Measure& time_both) {
+  // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
-  thread_local std::array<std::pair<Key, bool>, kProducts> last{};
+  thread_local std::array<std::pair<Key, Times>, kProducts> last{};
   auto& mine = last[static_cast<size_t>(std::get<0>(key) - kRecurrentStep)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
-  static std::map<Key, bool> chosen;
+  static std::map<Key, Times> measured;
   {
     const std::lock_guard<std::mutex> lock(mutex);
-    const auto found = chosen.find(key);
-    if (found != chosen.end()) return (mine = {key, found->second}).second;
+    const auto found = measured.find(key);
+    if (found != measured.end()) return (mine = {key, found->second}).second;
   }
-  const auto [once_own, once_blas] = time_both(1);  // warm-up, and the run's size
-  const int64_t repeats =
-      std::clamp<int64_t>(static_cast<int64_t>(2e-4 / std::max(1e-9, std::min(once_own, once_blas))),
-                          1, 1000);
-  auto [own, blas] = time_both(repeats);
-  const auto [own2, blas2] = time_both(repeats);
-  own = std::min(own, own2), blas = std::min(blas, blas2);
+  const Times once = time_both(1);  // warm-up, and the run's size
+  const int64_t repeats = std::clamp<int64_t>(
+      static_cast<int64_t>(2e-4 / std::max(1e-9, std::min(once.own, once.blas))), 1, 1000);
+  Times t = time_both(repeats);
+  const Times t2 = time_both(repeats);
+  t = {std::min(t.own, t2.own) / repeats, std::min(t.blas, t2.blas) / repeats,
+       std::min(t.own_setup, t2.own_setup) / repeats};
   const std::lock_guard<std::mutex> lock(mutex);
-  return (mine = {key, chosen.emplace(key, blas < 0.95 * own).first->second}).second;
+  return (mine = {key, measured.emplace(key, t).first->second}).second;
 }
 
 template <typename Fn>
@@ -121,14 +120,22 @@ void gemm_on(bool blas, int64_t M, int64_t n, int64_t K, const S* A, int64_t lda
   }
 }
 
-template <typename S>
-bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
-                 bool b_transposed, bool tokens_in_m) {
+bool blas_wins(double own, double blas) { return blas < 0.95 * own; }
+
+bool products_pinned(bool* blas) {
   const Pin pin = pinned();
-  if (pin != Pin::Auto) return pin == Pin::Blas;
+  *blas = pin == Pin::Blas;
+  return pin != Pin::Auto;
+}
+
+template <typename S>
+Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
+                    bool b_transposed, bool tokens_in_m) {
   // The sample: the token dimension rounded up to a power of two, at most 512
-  // (a product of 512 tokens already runs at its large-size rate).
+  // (a product of 512 tokens already runs at its large-size rate); its times
+  // scale to the call's tokens.
   int64_t& tokens = tokens_in_m ? M : K;
+  const int64_t wanted = tokens;
   int64_t bucket = 1;
   while (bucket < std::min<int64_t>(tokens, 512)) bucket *= 2;
   tokens = bucket;
@@ -138,7 +145,7 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
   // (values do not change the speed of either implementation; denormals
   // would, so none).
   std::vector<S> a, b, c;
-  return cached_choice(key, [&](int64_t repeats) {
+  const Times t = cached_times(key, [&](int64_t repeats) {
     if (a.empty()) a.assign(M * K, S(0.5)), b.assign(K * n, S(0.25)), c.assign(M * n, S(0));
     const int64_t lda = a_transposed ? M : K;
     auto run = [&](bool blas) {
@@ -148,23 +155,33 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
       });
     };
     const double own = run(false);
-    return std::pair<double, double>(own, run(true));
+    return Times{own, run(true), 0.0};
   });
+  const double scale = static_cast<double>(wanted) / static_cast<double>(bucket);
+  return Times{t.own * scale, t.blas * scale, 0.0};
 }
 
 template <typename S>
-bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K) {
-  const Pin pin = pinned();
-  if (pin != Pin::Auto) return pin == Pin::Blas;
+bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
+                 bool b_transposed, bool tokens_in_m) {
+  bool blas;
+  if (products_pinned(&blas)) return blas;
+  const Times t = product_times<S>(product, M, n, K, a_transposed, b_transposed, tokens_in_m);
+  return blas_wins(t.own, t.blas);
+}
+
+template <typename S>
+Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K) {
   const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, false, true,
                 at::get_num_threads(), at::in_parallel_region()};
   std::vector<S> h, w, out, packed;
-  return cached_choice(key, [&](int64_t repeats) {
+  return cached_times(key, [&](int64_t repeats) {
     if (h.empty()) {
       h.assign(B * K, S(0.5)), w.assign(n * K, S(0.25)), out.assign(B * n, S(0));
       packed.resize(packed_size<S>(K, n));
-      pack_rhs<S>(w.data(), K, n, /*transpose=*/true, packed.data());
     }
+    const double pack = seconds_of(
+        repeats, [&] { pack_rhs<S>(w.data(), K, n, /*transpose=*/true, packed.data()); });
     const Packed<S> w_t{packed.data(), K, n};
     auto tiles = [&](bool blas) {
       return seconds_of(repeats, [&] {
@@ -180,8 +197,20 @@ bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K) {
       });
     };
     const double own = tiles(false);
-    return std::pair<double, double>(own, tiles(true));
+    return Times{own, tiles(true), pack};
   });
+}
+
+template <typename S>
+bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps) {
+  bool blas;
+  if (products_pinned(&blas)) return blas;
+  const Times t = step_times<S>(B, grain, n, K);
+  // The loop packs W_hh once per call for its `steps` products. BLAS must win
+  // by 10% here: the sample repeats one product with nothing between, where
+  // the loop's gate passes evict what MKL packs per call (at B = 64, H = 1024
+  // a tie in the sample, 105 against 107 GFLOP/s, ran the loop 10% slower).
+  return steps * t.blas < 0.9 * (steps * t.own + t.own_setup);
 }
 
 template void blas_gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,
@@ -194,7 +223,11 @@ template void gemm_on<double>(bool, int64_t, int64_t, int64_t, const double*, in
                               const double*, bool, double*, int64_t, bool);
 template bool prefer_blas<float>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
 template bool prefer_blas<double>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
-template bool prefer_blas_step<float>(int64_t, int64_t, int64_t, int64_t);
-template bool prefer_blas_step<double>(int64_t, int64_t, int64_t, int64_t);
+template bool prefer_blas_step<float>(int64_t, int64_t, int64_t, int64_t, int64_t);
+template Times product_times<float>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
+template Times product_times<double>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
+template Times step_times<float>(int64_t, int64_t, int64_t, int64_t);
+template Times step_times<double>(int64_t, int64_t, int64_t, int64_t);
+template bool prefer_blas_step<double>(int64_t, int64_t, int64_t, int64_t, int64_t);
 
 }  // namespace fastrnn::cpu

@@ -33,23 +33,49 @@ void gemm_on(bool blas, int64_t M, int64_t n, int64_t K, const S* A, int64_t lda
              bool a_transposed, const S* B, bool b_transposed, S* C, int64_t ldc,
              bool accumulate);
 
+// What a choice is made from: seconds per call of the blocks and of BLAS, and
+// the blocks' one-off cost per layer call (packing the weight a loop's step
+// products stream; 0 for one-off products, whose timed run packs).
+struct Times {
+  double own, blas, own_setup;
+};
+
+// BLAS must win by 5%, so that a tie keeps the blocks (and results stay the
+// same from process to process).
+bool blas_wins(double own, double blas);
+
+// True when FASTRNN_CPU_PRODUCTS pins the choice, then *blas tells which.
+bool products_pinned(bool* blas);
+
+// The times of `product` of this shape on this machine at the caller's thread
+// count: measured on a sample of at most 512 tokens (the dimension that grows
+// with the batch: M for the input projection and dx, K for the weight
+// gradients) the first time the product's fixed dimensions, power-of-two
+// token bucket and thread count are seen, cached, and scaled to the call's
+// tokens. Thread-safe; FASTRNN_CPU_PRODUCTS is not consulted.
+template <typename S>
+Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
+                    bool b_transposed, bool tokens_in_m);
+
+// The times of one step product out (B, n) = h (B, K) @ W^T (K, n) when batch
+// tiles of `grain` rows run it concurrently, one per thread, as the loop's
+// parts do (steps.h, for_each_part), the blocks on a W packed beforehand,
+// with the packing as own_setup. Cached per shape and thread count.
+template <typename S>
+Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K);
+
 // Whether blas_gemm is faster than gemm for `product` of this shape on this
-// machine, at the caller's thread count. `tokens` is the dimension that grows
-// with the batch (M for the input projection and dx, K for the weight
-// gradients); the measurement runs a sample of at most 512 tokens, and the
-// choice is cached per product, fixed dimensions, power-of-two token bucket
-// and thread count. Thread-safe.
+// machine (product_times), unless FASTRNN_CPU_PRODUCTS pins it.
 template <typename S>
 bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
                  bool b_transposed, bool tokens_in_m);
 
-// Whether the forward loop's step product gh = h_{t-1} (B, K) @ W_hh^T
-// (K, n) runs faster through blas_gemm than on the packed blocks when batch
-// tiles of `grain` rows run it concurrently, one per thread, as the loop's
-// parts do (steps.h, for_each_part): both are timed that way, the blocks on
-// a W_hh packed beforehand (the loop packs once per call). Cached per shape
-// and thread count; FASTRNN_CPU_PRODUCTS pins it too.
+// Whether the forward loop's `steps` step products gh = h_{t-1} (B, K) @
+// W_hh^T (K, n) run faster through blas_gemm than on the packed blocks
+// (step_times), packing included: over few steps of a large W_hh it costs a
+// step or more (B = 1, H = 1024, T = 16: a GRU's 12 MiB W_hh).
+// FASTRNN_CPU_PRODUCTS pins it too.
 template <typename S>
-bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K);
+bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
 
 }  // namespace fastrnn::cpu

@@ -1,8 +1,8 @@
 // Register-blocked GEMM for the per-step products of a recurrence, where the
 // left operand has few rows (a batch tile) and the right operand (a weight
 // matrix) is reused every step, so it is packed once per call into the layout
-// the kernel streams. No allocation, no threading (the caller owns both), no
-// dispatch overhead: at B <= 8 this beats a BLAS call per step.
+// the kernel streams. No allocation, no threading in the products (the caller
+// owns both), no dispatch overhead: at B <= 8 this beats a BLAS call per step.
 #pragma once
 
 #include <stdint.h>
