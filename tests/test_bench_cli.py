@@ -181,12 +181,35 @@ def test_cudnn_algorithm_rule(cfg, device, forward, expected):
     assert cudnn.algo(cfg, *device, forward=forward) == expected
 
 
+def test_timing_repeats_short_calls_within_a_sample():
+    """A call shorter than min_sample_ms runs several times per sample, and
+    the sample is the per-call mean; a long call runs once."""
+    import time
+
+    from fastrnn.bench import timing
+
+    counts = {"short": 0, "long": 0}
+
+    def step(name, seconds):
+        def run():
+            counts[name] += 1
+            time.sleep(seconds)
+        return run
+
+    result = timing.measure({"short": step("short", 0.001), "long": step("long", 0.006)}, "cpu",
+                            budget_s=0.0, min_rounds=3, max_rounds=3, warmup=1, min_sample_ms=5.0)
+    assert counts["long"] == 1 + 3
+    assert 1 + 3 * 3 <= counts["short"] <= 1 + 3 * 5  # sleep(1 ms) lasts 1 ms or a little more
+    assert all(1.0 <= ms < 3.0 for ms in result["short"].samples_ms)
+    assert all(ms >= 6.0 for ms in result["long"].samples_ms)
+
+
 def test_timing_interleaves_with_rotating_order():
     from fastrnn.bench import timing
 
     calls = []
     steps = {name: (lambda name=name: calls.append(name)) for name in ("torch", "a", "b")}
-    result = timing.measure(steps, "cpu", budget_s=0.0, min_rounds=4, warmup=1)
+    result = timing.measure(steps, "cpu", budget_s=0.0, min_rounds=4, warmup=1, min_sample_ms=0.0)
     assert calls[:3] == ["torch", "a", "b"]  # warm-up round
     rounds = [calls[i : i + 3] for i in range(3, len(calls), 3)]
     assert rounds == [["torch", "a", "b"], ["a", "b", "torch"], ["b", "torch", "a"], ["torch", "a", "b"]]

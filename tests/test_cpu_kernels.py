@@ -298,6 +298,26 @@ def test_long_sequence_buffers():
         torch.testing.assert_close(g, w, atol=2e-5 * w.abs().max().item(), rtol=1e-4)
 
 
+def test_large_scratch_blocks_come_back_poisoned():
+    """Scratch of >= 32 MiB (block_cache.h) is served from blocks earlier calls
+    freed: the second call's workspace is the first's block, which held NaN,
+    and every number it returns equals the first call's."""
+    sizes = [64] * 160  # 10240 tokens x 5H floats, H = 200: 39 MiB of workspace
+    spec, x, bs, h0, c0, w = make_case("LSTM", 0, sizes=sizes, input_size=4, hidden=200)
+    args = ["LSTM", x.float(), bs, h0.float(), c0.float(),
+            *(None if t is None else t.float() for t in w), False, True]
+    first = torch.ops.fastrnn.layer_fwd(*args)
+    assert first[3].numel() * 4 >= 32 << 20
+    block = first[3].data_ptr()
+    expected = [t.clone() for t in first]
+    first[3].fill_(float("nan"))
+    del first
+    second = torch.ops.fastrnn.layer_fwd(*args)
+    assert second[3].data_ptr() == block
+    for got, want in zip(second, expected, strict=True):
+        assert torch.equal(got, want)
+
+
 # bfloat16 layers with even input and hidden sizes and T > 1 take bf16 dot
 # products where the CPU has them (small_gemm_bf16.h): 12 rows per step with
 # 1 thread project per step, 2 threads at H = 256 split the hidden units,

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "fastrnn/bilayer.h"
+#include "fastrnn/cpu/block_cache.h"
 #include "fastrnn/cpu/gemm.h"
 #include "fastrnn/cpu/product_choice.h"
 #include "fastrnn/cpu/recurrence.h"
@@ -145,15 +146,16 @@ Tensor state_copy(const Tensor& t, at::ScalarType ct) {
   return at::empty(t.sizes(), t.options().dtype(ct)).copy_(t);
 }
 
-// at::empty for the per-token buffers (y, the workspace, gx, dG, h_prev, dx),
-// with those of 32 MiB and more hinted to transparent huge pages before their
+// at::empty for the per-token outputs handed to the user (y, dx), with those
+// of 32 MiB and more hinted to transparent huge pages before their
 // first touch. glibc maps such a block afresh on every call (its mmap
 // threshold stops growing at 32 MiB), so each call faulted it in 4 KiB pages:
 // at T = 1024, B = 16, H = 128 an LSTM's 42 MiB workspace and (before the
 // backward ran in ranges of steps) 34 MiB dG cost 16 ms of a 65 ms forward
 // and 15 ms of a 124 ms backward (op alone, 1 thread); with the hint, 49 and
 // 110 ms. Smaller blocks come from the heap, already mapped. Where THP is off
-// the hint does nothing.
+// the hint does nothing. The per-token scratch (the workspace, gx, dG, h_prev)
+// comes from cached_empty (block_cache.h), which also skips the faults.
 Tensor fresh(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   Tensor t = at::empty(sizes, opts);
 #ifdef MADV_HUGEPAGE
@@ -326,7 +328,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   Tensor h = state_copy(h0, ct);
   Tensor c = L.mode == Mode::LSTM ? state_copy(*c0, ct) : Tensor();
   Tensor y = fresh({L.N, L.P}, opts);
-  Tensor ws = fresh({save ? L.N : 0, workspace::columns(L.mode, L.H)}, opts);
+  Tensor ws = cached_empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, opts);
   const Tensor y16 = bf16_products ? at::empty({L.N, L.P}, x.options()) : Tensor();
 
   // A single step with large weights (blas_single_step) packs nothing:
@@ -367,7 +369,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
     }
     Tensor gx = gx_single;
     if (!single && !per_step) {  // gx = bias + x @ W_ih^T for every token
-      gx = fresh({L.N, GH}, opts);
+      gx = cached_empty({L.N, GH}, opts);
       scalar_t* g = gx.data_ptr<scalar_t>();
       if (fold)
         at::parallel_for(0, L.N, 64, [&](int64_t n0, int64_t n1) {
@@ -471,8 +473,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
                               : step_ranges(L, batch_sizes, reverse, dgc * at::elementSize(ct));
   int64_t rows = 0;
   for (const StepRange& r : ranges) rows = std::max(rows, r.row1 - r.row0);
-  Tensor dg = fresh({rows, dgc}, opts);
-  Tensor h_prev = fresh({rows, L.P}, opts);
+  Tensor dg = cached_empty({rows, dgc}, opts);
+  Tensor h_prev = cached_empty({rows, L.P}, opts);
   Tensor dy_total = L.project ? at::empty({rows, L.P}, opts) : Tensor();
   Tensor h_cell = L.project ? at::empty({rows, H}, opts) : Tensor();
   const LayerDims dims = dims_of(L, batch_sizes, reverse);

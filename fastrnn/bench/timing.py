@@ -5,6 +5,13 @@ the allocator's state) over all implementations alike instead of charging them t
 whichever ran during the drift; the order rotates each round so none is always
 first after the others. Medians over rounds discard the odd interruption.
 
+A sample times `calls` consecutive calls and records their mean, `calls` set
+per implementation from its warm-up so that a sample lasts at least
+`min_sample_ms` (timeit's autorange): a 0.1 ms call timed alone scattered by
+30-40% on a 2-core VM (timer resolution, interrupts, frequency), which no
+median over rounds fixes; timed 50 at a time its spread stays within a few
+percent. Calls that take longer than that run once per sample.
+
 Rounds continue until at least `min_rounds` are done and `budget_s` seconds of
 measured time are spent, or `max_rounds` are done. While some implementation's
 samples are still scattered (interquartile range over NOISY of the median), they
@@ -18,6 +25,7 @@ synchronize, so asynchronous launches are charged to the call that made them.
 from __future__ import annotations
 
 import gc
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -30,6 +38,8 @@ MIN_ROUNDS = 3
 MAX_ROUNDS = 200
 BUDGET_S = 1.0
 NOISY = 0.25
+MIN_SAMPLE_MS = 5.0
+MAX_CALLS = 1000
 
 
 @dataclass
@@ -83,12 +93,28 @@ def measure(
     min_rounds: int = MIN_ROUNDS,
     max_rounds: int = MAX_ROUNDS,
     warmup: int = WARMUP,
+    min_sample_ms: float = MIN_SAMPLE_MS,
 ) -> dict[str, Timing]:
-    run = timer(device)
+    time_one = timer(device)
     names = list(steps)
+    warm_ms: dict[str, float] = {}
     for _ in range(warmup):
         for name in names:
-            run(steps[name])
+            warm_ms[name] = time_one(steps[name])
+    calls = {name: max(1, min(MAX_CALLS, math.ceil(min_sample_ms / max(warm_ms.get(name, min_sample_ms), 1e-6))))
+             for name in names}
+
+    def run(name: str) -> float:
+        """One sample: the mean of calls[name] consecutive calls, in ms."""
+        if calls[name] == 1:
+            return time_one(steps[name])
+        fn, n = steps[name], calls[name]
+
+        def repeated() -> None:
+            for _ in range(n):
+                fn()
+        return time_one(repeated) / n
+
     samples: dict[str, list[float]] = {name: [] for name in names}
     spent_ms = 0.0
     gc.collect()
@@ -97,9 +123,9 @@ def measure(
         for round_ in range(max_rounds):
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:
-                ms = run(steps[name])
+                ms = run(name)
                 samples[name].append(ms)
-                spent_ms += ms
+                spent_ms += ms * calls[name]
             if round_ + 1 < min_rounds or spent_ms < budget_s * 1e3:
                 continue
             noisy = any(Timing(t).spread > NOISY for t in samples.values())

@@ -1,0 +1,62 @@
+"""Before/after table of two `fastrnn bench` runs over the same grid.
+
+Reads each run's results.json (written by `fastrnn bench --out DIR`) and prints,
+per shape both runs measured, fastrnn's speedup over torch.nn in each run and the
+second run's spread (the widest interquartile range of the row's two timings,
+over its median), then a summary: rows below 1.00x before and after, and the
+lowest ratios. Markdown, for docs/benchmarks.md.
+
+    python benchmarks/grid_compare.py BEFORE/results.json AFTER/results.json [--backend cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+SHAPE = ("cell", "mode", "input", "dtype", "batch", "hidden", "seq_len", "threads")
+
+
+def ratios(path: str, backend: str) -> dict[tuple, tuple[float, float]]:
+    """shape -> (speedup of `backend` over torch, spread of the row)."""
+    with open(path) as f:
+        records = json.load(f)["results"]
+    rows: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if r.get("median_ms") is not None:
+            rows.setdefault(tuple(r[k] for k in SHAPE), {})[r["impl"]] = r
+    out = {}
+    for shape, impls in rows.items():
+        if "torch" in impls and backend in impls:
+            spread = max((r["q3_ms"] - r["q1_ms"]) / r["median_ms"] for r in impls.values())
+            out[shape] = (impls["torch"]["median_ms"] / impls[backend]["median_ms"], spread)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument("--backend", default="cpu")
+    args = parser.parse_args()
+    before, after = ratios(args.before, args.backend), ratios(args.after, args.backend)
+    shapes = [s for s in after if s in before]
+    print("| cell | mode | B | H | T | threads | before | after | spread |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in shapes:
+        cell, mode, _, _, b, h, t, threads = s
+        old, (new, spread) = before[s][0], after[s]
+        mark = "**" if new < 1.0 else ""
+        print(f"| {cell} | {mode} | {b} | {h} | {t} | {threads} | {old:.2f}x | {mark}{new:.2f}x{mark} "
+              f"| {100 * spread:.0f}% |")
+    olds = [before[s][0] for s in shapes]
+    news = [after[s][0] for s in shapes]
+    print()
+    print(f"{len(shapes)} shapes. Below 1.00x: {sum(r < 1.0 for r in olds)} before, "
+          f"{sum(r < 1.0 for r in news)} after. Lowest: {min(olds):.2f}x before, {min(news):.2f}x after. "
+          f"Median: {statistics.median(olds):.2f}x before, {statistics.median(news):.2f}x after. "
+          f"Spread over 10% after: {sum(after[s][1] > 0.10 for s in shapes)} rows.")
+
+
+if __name__ == "__main__":
+    main()
