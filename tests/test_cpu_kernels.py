@@ -329,15 +329,19 @@ BF16_CASES = {  # id: (batch_sizes, threads, hidden)
 }
 
 
+@pytest.mark.parametrize("pin", ["own", "blas"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("form", list(BF16_CASES))
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
-def test_bfloat16_products(mode, form, reverse):
+def test_bfloat16_products(mode, form, reverse, pin, monkeypatch):
     """Outputs and gradients of a bfloat16 layer against the oracle on the same
-    bf16-rounded inputs, within the bfloat16 tolerance of this file. (No
+    bf16-rounded inputs, within the bfloat16 tolerance of this file, with the
+    step products on the bf16 blocks (own) or on ATen's bfloat16 matmul
+    (blas: also the hoisted input projection; product_choice.h). (No
     RNN_RELU: where a pre-activation sits at relu's kink, the kernel's
     bf16-rounded h and the oracle's fp32 h pick different sides, and that
     token's gradient differs by design; RNN_TANH runs the same products.)"""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
     sizes, threads, hidden = BF16_CASES[form]
     sizes = sorted(sizes, reverse=True)
     case = make_case(mode, sizes=sizes, hidden=hidden, input_size=18, dtype=torch.bfloat16)

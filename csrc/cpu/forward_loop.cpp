@@ -76,10 +76,18 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
                       out + carried * GH, GH, false);
       }
     };
-    if (!given && a.step_product.fn != nullptr && j1 - j0 == H) {
-      a.step_product.fn(a.step_product.ctx, carried, y_prev, gh);
-      a.step_product.fn(a.step_product.ctx, live - carried, a.h0 + (b0 + carried) * P,
+    const auto& product = a.step_product;
+    const bool through_fn = bf16 ? product.fn_bf16 != nullptr : product.fn != nullptr;
+    if (!given && j1 - j0 == H && through_fn) {
+      if constexpr (bf16) {
+        const uint16_t* y16_prev = s == 0 ? nullptr : a.bf16.y + (y_prev - a.y);
+        product.fn_bf16(product.ctx, carried, y16_prev, gh);
+        product.fn_bf16(product.ctx, live - carried, a.bf16.h0 + (b0 + carried) * P,
                         gh + carried * GH);
+      } else {
+        product.fn(product.ctx, carried, y_prev, gh);
+        product.fn(product.ctx, live - carried, a.h0 + (b0 + carried) * P, gh + carried * GH);
+      }
     } else if (!given) {
       for_part_columns(pick<bf16>(a.bf16.whh_t, a.whh_t),
                        [&](const auto& w, int64_t c0) { recurrent(w, gh + c0); });
@@ -168,8 +176,9 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
 template <typename S>
 void forward_loop(const LayerDims& d, const ForwardArgs<S>& a) {
   const Steps steps(d);
-  for_each_part<S>(d, a.bf16.whh_t.data != nullptr, [&](auto mode, auto bf16, const Part& part) {
-    forward_part<S, decltype(mode)::value, decltype(bf16)::value>(d, steps, a, part);
+  const bool bf16 = a.bf16.whh_t.data != nullptr || a.step_product.fn_bf16 != nullptr;
+  for_each_part<S>(d, bf16, [&](auto mode, auto bf16_products, const Part& part) {
+    forward_part<S, decltype(mode)::value, decltype(bf16_products)::value>(d, steps, a, part);
   });
 }
 

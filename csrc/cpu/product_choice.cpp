@@ -17,6 +17,7 @@
 
 #include "fastrnn/cpu/gemm.h"
 #include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/small_gemm_bf16.h"
 
 namespace fastrnn::cpu {
 namespace {
@@ -170,29 +171,28 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
   return blas_wins(t.own, t.blas);
 }
 
-template <typename S>
-Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K) {
-  const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, false, true,
-                at::get_num_threads(), at::in_parallel_region()};
-  std::vector<S> h, w, out, packed;
+// The times of a step product's two candidates, product(blas, rows, h, out)
+// with blas false (the blocks) and true, run as the loop runs them: batch
+// tiles of `grain` rows concurrently, one per thread, `one` filling h. Each
+// product is followed by a pass over twice its output, as the loop's gate
+// pass reads and writes the step's buffers: what that evicts (MKL packs W
+// per call) is what a bare repetition of products would not show; both
+// candidates pay the pass alike. setup() is the blocks' packing of W.
+template <typename In, typename Out, typename Setup, typename Product>
+Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K, In one,
+                 const Setup& setup, const Product& product) {
+  std::vector<In> h;
+  std::vector<Out> out, gates;
   return cached_times(key, [&](int64_t repeats) {
-    if (h.empty()) {
-      h.assign(B * K, S(0.5)), w.assign(n * K, S(0.25)), out.assign(B * n, S(0));
-      packed.resize(packed_size<S>(K, n));
-    }
-    const double pack = seconds_of(
-        repeats, [&] { pack_rhs<S>(w.data(), K, n, /*transpose=*/true, packed.data()); });
-    const Packed<S> w_t{packed.data(), K, n};
+    if (h.empty()) h.assign(B * K, one), out.assign(B * n, Out(0)), gates.assign(2 * B * n, Out(0));
+    const double pack = seconds_of(repeats, setup);
     auto tiles = [&](bool blas) {
       return seconds_of(repeats, [&] {
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-          const S* rows = h.data() + b0 * K;
-          S* dst = out.data() + b0 * n;
-          if (blas) {
-            blas_gemm<S>(b1 - b0, n, K, rows, K, false, w.data(), true, dst, n, false);
-          } else {
-            small_gemm<S>(b1 - b0, rows, K, w_t, 0, K, dst, n, /*accumulate=*/false);
-          }
+          Out* dst = out.data() + b0 * n;
+          product(blas, b1 - b0, h.data() + b0 * K, dst);
+          Out* pass = gates.data() + 2 * b0 * n;
+          for (int64_t i = 0; i < (b1 - b0) * n; ++i) pass[2 * i] += dst[i], pass[2 * i + 1] -= dst[i];
         });
       });
     };
@@ -202,15 +202,63 @@ Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K) {
 }
 
 template <typename S>
+Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K) {
+  const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, false, true,
+                at::get_num_threads(), at::in_parallel_region()};
+  std::vector<S> w, packed;
+  auto pack = [&] {
+    if (w.empty()) w.assign(n * K, S(0.25)), packed.resize(packed_size<S>(K, n));
+    pack_rhs<S>(w.data(), K, n, /*transpose=*/true, packed.data());
+  };
+  return tile_times<S, S>(key, B, grain, n, K, S(0.5), pack,
+                          [&](bool blas, int64_t rows, const S* h, S* out) {
+    if (blas) {
+      blas_gemm<S>(rows, n, K, h, K, false, w.data(), true, out, n, false);
+    } else {
+      small_gemm<S>(rows, h, K, Packed<S>{packed.data(), K, n}, 0, K, out, n, false);
+    }
+  });
+}
+
+template <typename S>
 bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps) {
   bool blas;
   if (products_pinned(&blas)) return blas;
   const Times t = step_times<S>(B, grain, n, K);
-  // The loop packs W_hh once per call for its `steps` products. BLAS must win
-  // by 10% here: the sample repeats one product with nothing between, where
-  // the loop's gate passes evict what MKL packs per call (at B = 64, H = 1024
-  // a tie in the sample, 105 against 107 GFLOP/s, ran the loop 10% slower).
-  return steps * t.blas < 0.9 * (steps * t.own + t.own_setup);
+  // The loop packs W_hh once per call for its `steps` products.
+  return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
+}
+
+void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
+                       float* out) {
+  if (rows <= 0) return;
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+  const at::Tensor hv = at::from_blob(const_cast<uint16_t*>(h), {rows, K}, bf16);
+  const at::Tensor wv = at::from_blob(const_cast<uint16_t*>(w), {n, K}, bf16);
+  const at::Tensor product = at::mm(hv, wv.t());
+  from_bf16_row(reinterpret_cast<const uint16_t*>(product.data_ptr<at::BFloat16>()), out, rows * n);
+}
+
+bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps) {
+  bool aten;
+  if (products_pinned(&aten)) return aten;
+  const Key key{kRecurrentStep, 2, B, n, K, false, true, at::get_num_threads(),
+                at::in_parallel_region()};
+  std::vector<uint16_t> w, packed;
+  auto pack = [&] {
+    if (w.empty()) w.assign(n * K, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
+    pack_transposed_bf16(w.data(), K, n, packed.data());
+  };
+  const Times t = tile_times<uint16_t, float>(
+      key, B, grain, n, K, uint16_t{0x3f00}, pack,  // h = 0.5
+      [&](bool on_aten, int64_t rows, const uint16_t* h, float* out) {
+        if (on_aten) {
+          aten_bf16_product(rows, n, K, h, w.data(), out);
+        } else {
+          small_gemm_bf16(rows, h, K, PackedBf16{packed.data(), K, n}, 0, K, out, n, false);
+        }
+      });
+  return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
 }
 
 template void blas_gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,

@@ -53,6 +53,10 @@ void to_bf16_row(const float* src, uint16_t* dst, int64_t n) {
   at::vec::convert(src, reinterpret_cast<c10::BFloat16*>(dst), n);
 }
 
+void from_bf16_row(const uint16_t* src, float* dst, int64_t n) {
+  at::vec::convert(reinterpret_cast<const c10::BFloat16*>(src), dst, n);
+}
+
 #if defined(__AVX512BF16__)
 namespace {
 

@@ -78,4 +78,17 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
 template <typename S>
 bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
 
+// out (rows, n) fp32 = h (rows, K) @ W^T for bfloat16 h and W (n, K), both
+// bit patterns, through ATen's bfloat16 matmul (oneDNN: AMX tiles where the
+// CPU has them, 560-590 GFLOP/s on 1 core of an Intel Xeon against 110-160
+// for fp32); the product comes rounded to bfloat16, as torch.nn's bfloat16
+// GRU and RNN round theirs, and is widened into out.
+void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
+                       float* out);
+
+// prefer_blas_step for a bfloat16 layer's `steps` step products: ATen's
+// bfloat16 matmul (aten_bf16_product) against small_gemm_bf16 on a W_hh
+// packed once per call (small_gemm_bf16.h), timed the same way.
+bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
+
 }  // namespace fastrnn::cpu

@@ -57,9 +57,10 @@ struct ForwardArgs {
   S* gx_step;       // (slots * B, G*H) bias + x_t @ W_ih^T when gx is null, else null
   S* h_cell;        // (slots * B, H) o * tanh(c), the input of W_hr, when projecting
   // A bfloat16 layer's products on bf16 dot products (small_gemm_bf16.h) when
-  // bf16.whh_t.data is set (S = float, T > 1, no projection): x_t and h_{t-1}
-  // enter the products as bfloat16, as in torch.nn's bfloat16 kernels; sums,
-  // gates and state stay fp32. Then whh_t (and wih_t) above are unused.
+  // bf16.whh_t.data is set, or on step_product.fn_bf16 (S = float, T > 1, no
+  // projection): x_t and h_{t-1} enter the products as bfloat16, as in
+  // torch.nn's bfloat16 kernels; gates and state stay fp32. Then whh_t (and
+  // wih_t) above are unused.
   struct Bf16Operands {
     const uint16_t* x;   // (N, I) the input
     PackedBf16 wih_t;    // W_ih^T, when projecting per step
@@ -70,9 +71,12 @@ struct ForwardArgs {
   // When fn is set, the step product of a part that computes every column
   // (batch tiles, not hidden slices) runs through it instead of the packed
   // whh_t: fn(ctx, rows, h (rows, P), out (rows, G*H)) writes out = h @ W_hh^T
-  // (the caller's BLAS, where product_choice.h measured it faster).
+  // (the caller's BLAS, where product_choice.h measured it faster). In a
+  // bf16 instantiation fn_bf16 does the same from the bfloat16 rows of h
+  // (bf16.y, bf16.h0) instead of bf16.whh_t.
   struct StepProduct {
     void (*fn)(const void* ctx, int64_t rows, const S* h, S* out);
+    void (*fn_bf16)(const void* ctx, int64_t rows, const uint16_t* h, S* out);
     const void* ctx;
   } step_product;
 };

@@ -52,4 +52,7 @@ void small_gemm_bf16(int64_t rows, const uint16_t* A, int64_t lda, const PackedB
 // (nearest even; ATen's vectorized conversion).
 void to_bf16_row(const float* src, uint16_t* dst, int64_t n);
 
+// dst[0:n] = src[0:n] widened to fp32 (exact).
+void from_bf16_row(const uint16_t* src, float* dst, int64_t n);
+
 }  // namespace fastrnn::cpu
