@@ -281,6 +281,48 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
   return ranges;
 }
 
+// Where the fp32/fp64 forward's products run: the step product h_{t-1} @
+// W_hh^T on the packed blocks or BLAS (batch tiles only; hidden slices cut the
+// packed blocks by columns), and the input projection per step inside the
+// loop (on the blocks: steps.h, project_per_step) or hoisted before it as one
+// product over every token (blocks or BLAS, product_choice.h). One choice
+// among the three plans, from measured times (product_choice.h):
+//   blocks, per step:  T (step(P) + step(I)) + packing W_hh and W_ih
+//   blocks, hoisted:   T step(P) + packing W_hh + hoisted / 0.85
+//   BLAS, hoisted:     T blas_step(P) + hoisted / 0.85
+// where hoisted is the faster of blocks and BLAS for the whole projection,
+// and / 0.85 its memory round trip, which the 512-token sample keeps in cache
+// (at B = 64, H = 256, T = 64 a 16 MiB round trip, ~12% of the forward). BLAS
+// must win by 5%. Choosing the steps alone had BLAS win a tie at B = 64,
+// H = 64 and so hoist the projection, 0.74x of torch.nn where per step ran
+// 0.90x. FASTRNN_CPU_PRODUCTS pins: own runs the blocks per step where
+// allowed, blas runs BLAS hoisted.
+struct ForwardPlan {
+  bool step_blas, per_step;
+};
+
+template <typename S>
+ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per_step) {
+  bool blas;
+  if (products_pinned(&blas)) return {tiles && blas, may_per_step && !blas};
+  const int64_t GH = L.G * L.H;
+  const double T = static_cast<double>(L.T);
+  const Times step = step_times<S>(L.B, grain, GH, L.P, /*gate_pass=*/true);
+  const Times whole = product_times<S>(Product::InputProjection, L.N, GH, L.I, false, true,
+                                       /*tokens_in_m=*/true);
+  const double hoisted = std::min(whole.own, whole.blas) / 0.85;
+  double blocks = T * step.own + step.own_setup + hoisted;
+  bool per_step = false;
+  if (may_per_step) {
+    const Times input = step_times<S>(L.B, grain, GH, L.I, /*gate_pass=*/false);
+    const double in_loop = T * (step.own + input.own) + step.own_setup + input.own_setup;
+    per_step = in_loop < blocks;
+    blocks = std::min(blocks, in_loop);
+  }
+  if (tiles && blas_wins(blocks, T * step.blas + hoisted)) return {true, false};
+  return {false, per_step};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
     const std::string& mode, const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
     const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
@@ -297,45 +339,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   // fp32 copies of x and the weights are made only for the products that
   // still read them.
   const bool bf16_products = bf16_operands(L, x) && L.I % 2 == 0 && L.P % 2 == 0;
-  // The step product h_{t-1} @ W_hh^T through BLAS where that measured faster
-  // for this machine's batch tiles (product_choice.h); hidden slices keep
-  // the packed blocks, which they cut by columns.
+  // Where the forward's products run (ForwardPlan, plan_forward).
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const bool step_blas =
-      !single && !bf16_products && scratch_copies(dims, ct) == 1 &&
-      AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_step_choice", [&] {
-        return prefer_blas_step<scalar_t>(L.B, (L.B + threads - 1) / threads, GH, L.P, L.T);
-      });
+  const int64_t grain = (L.B + threads - 1) / threads;
+  const bool tiles = !single && scratch_copies(dims, ct) == 1;
   // A bfloat16 layer's step product through ATen's bfloat16 matmul where that
   // measured faster (on AMX: 4x the bf16 blocks at B = 64, H = 256).
-  const bool step_aten =
-      !single && bf16_products && scratch_copies(dims, ct) == 1 &&
-      prefer_aten_bf16_step(L.B, (L.B + threads - 1) / threads, GH, L.P, L.T);
-  // Input projection: per step inside the loop, on the blocks (steps.h,
-  // project_per_step), or before it for every token in one product, on the
-  // blocks or on BLAS. Per step saves writing and re-reading the (N, G*H)
-  // projection, but runs on the blocks: where BLAS runs the steps, or where
-  // the measured one-off product (the faster of blocks and BLAS) costs less
-  // than T step products and the packing of W_ih, the product is hoisted
-  // (B = 64, H = 1024 on an Intel Xeon: MKL's sgemm at 150 GFLOP/s against
-  // the blocks' 105).
-  const bool per_step =
-      !single && !step_blas && !step_aten &&
-      AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_projection_choice", [&] {
-        if (!project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
-                              sizeof(scalar_t)))
-          return false;
-        bool blas;
-        if (bf16_products || products_pinned(&blas)) return true;
-        const Times step = step_times<scalar_t>(L.B, (L.B + threads - 1) / threads, GH, L.I);
-        const Times hoisted = product_times<scalar_t>(Product::InputProjection, L.N, GH, L.I,
-                                                      false, true, /*tokens_in_m=*/true);
-        // The hoisted product also writes the projection and the loop reads
-        // it back from memory, which its sample (512 tokens, in cache) does
-        // not show: at B = 64, H = 256, T = 64 a 16 MiB round trip, 12 % of
-        // the forward. So it must win by more than that.
-        return 0.85 * (L.T * step.own + step.own_setup) < std::min(hoisted.own, hoisted.blas);
-      });
+  const bool step_aten = tiles && bf16_products &&
+                         prefer_aten_bf16_step(L.B, grain, GH, L.P, L.T);
+  const ForwardPlan plan = AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
+    if (single) return ForwardPlan{false, false};
+    const bool may_per_step =
+        !step_aten && project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
+                                       sizeof(scalar_t));
+    if (bf16_products) return ForwardPlan{false, may_per_step};
+    return plan_forward<scalar_t>(L, grain, tiles, may_per_step);
+  });
+  const bool step_blas = plan.step_blas, per_step = plan.per_step;
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
   const Tensor xc = fp32_input ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input ? in_compute(w_ih, ct) : Tensor();

@@ -177,10 +177,12 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
 // product is followed by a pass over twice its output, as the loop's gate
 // pass reads and writes the step's buffers: what that evicts (MKL packs W
 // per call) is what a bare repetition of products would not show; both
-// candidates pay the pass alike. setup() is the blocks' packing of W.
+// candidates pay the pass alike; gate_pass = false leaves it out (a second
+// product of the same step, whose pass the first one's timing holds).
+// setup() is the blocks' packing of W.
 template <typename In, typename Out, typename Setup, typename Product>
 Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K, In one,
-                 const Setup& setup, const Product& product) {
+                 bool gate_pass, const Setup& setup, const Product& product) {
   std::vector<In> h;
   std::vector<Out> out, gates;
   return cached_times(key, [&](int64_t repeats) {
@@ -191,6 +193,7 @@ Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K,
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
           Out* dst = out.data() + b0 * n;
           product(blas, b1 - b0, h.data() + b0 * K, dst);
+          if (!gate_pass) return;
           Out* pass = gates.data() + 2 * b0 * n;
           for (int64_t i = 0; i < (b1 - b0) * n; ++i) pass[2 * i] += dst[i], pass[2 * i + 1] -= dst[i];
         });
@@ -202,15 +205,15 @@ Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K,
 }
 
 template <typename S>
-Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K) {
-  const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, false, true,
+Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass) {
+  const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, gate_pass, true,
                 at::get_num_threads(), at::in_parallel_region()};
   std::vector<S> w, packed;
   auto pack = [&] {
     if (w.empty()) w.assign(n * K, S(0.25)), packed.resize(packed_size<S>(K, n));
     pack_rhs<S>(w.data(), K, n, /*transpose=*/true, packed.data());
   };
-  return tile_times<S, S>(key, B, grain, n, K, S(0.5), pack,
+  return tile_times<S, S>(key, B, grain, n, K, S(0.5), gate_pass, pack,
                           [&](bool blas, int64_t rows, const S* h, S* out) {
     if (blas) {
       blas_gemm<S>(rows, n, K, h, K, false, w.data(), true, out, n, false);
@@ -218,15 +221,6 @@ Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K) {
       small_gemm<S>(rows, h, K, Packed<S>{packed.data(), K, n}, 0, K, out, n, false);
     }
   });
-}
-
-template <typename S>
-bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps) {
-  bool blas;
-  if (products_pinned(&blas)) return blas;
-  const Times t = step_times<S>(B, grain, n, K);
-  // The loop packs W_hh once per call for its `steps` products.
-  return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
 }
 
 void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
@@ -242,7 +236,7 @@ void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, co
 bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps) {
   bool aten;
   if (products_pinned(&aten)) return aten;
-  const Key key{kRecurrentStep, 2, B, n, K, false, true, at::get_num_threads(),
+  const Key key{kRecurrentStep, 2, B, n, K, true, true, at::get_num_threads(),
                 at::in_parallel_region()};
   std::vector<uint16_t> w, packed;
   auto pack = [&] {
@@ -250,7 +244,7 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
     pack_transposed_bf16(w.data(), K, n, packed.data());
   };
   const Times t = tile_times<uint16_t, float>(
-      key, B, grain, n, K, uint16_t{0x3f00}, pack,  // h = 0.5
+      key, B, grain, n, K, uint16_t{0x3f00}, /*gate_pass=*/true, pack,  // h = 0.5
       [&](bool on_aten, int64_t rows, const uint16_t* h, float* out) {
         if (on_aten) {
           aten_bf16_product(rows, n, K, h, w.data(), out);
@@ -271,11 +265,9 @@ template void gemm_on<double>(bool, int64_t, int64_t, int64_t, const double*, in
                               const double*, bool, double*, int64_t, bool);
 template bool prefer_blas<float>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
 template bool prefer_blas<double>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
-template bool prefer_blas_step<float>(int64_t, int64_t, int64_t, int64_t, int64_t);
 template Times product_times<float>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
 template Times product_times<double>(Product, int64_t, int64_t, int64_t, bool, bool, bool);
-template Times step_times<float>(int64_t, int64_t, int64_t, int64_t);
-template Times step_times<double>(int64_t, int64_t, int64_t, int64_t);
-template bool prefer_blas_step<double>(int64_t, int64_t, int64_t, int64_t, int64_t);
+template Times step_times<float>(int64_t, int64_t, int64_t, int64_t, bool);
+template Times step_times<double>(int64_t, int64_t, int64_t, int64_t, bool);
 
 }  // namespace fastrnn::cpu

@@ -59,24 +59,19 @@ Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_tra
 
 // The times of one step product out (B, n) = h (B, K) @ W^T (K, n) when batch
 // tiles of `grain` rows run it concurrently, one per thread, as the loop's
-// parts do (steps.h, for_each_part), the blocks on a W packed beforehand,
-// with the packing as own_setup. Cached per shape and thread count.
+// parts do (steps.h, for_each_part), each product followed by a sweep over
+// the buffers the loop's gate pass touches (unless !gate_pass: a second
+// product of the same step); the blocks on a W packed beforehand, with the
+// packing as own_setup. Cached per shape and thread count. layer_ops.cpp
+// (plan_forward) weighs them for a layer's T steps.
 template <typename S>
-Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K);
+Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass);
 
 // Whether blas_gemm is faster than gemm for `product` of this shape on this
 // machine (product_times), unless FASTRNN_CPU_PRODUCTS pins it.
 template <typename S>
 bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,
                  bool b_transposed, bool tokens_in_m);
-
-// Whether the forward loop's `steps` step products gh = h_{t-1} (B, K) @
-// W_hh^T (K, n) run faster through blas_gemm than on the packed blocks
-// (step_times), packing included: over few steps of a large W_hh it costs a
-// step or more (B = 1, H = 1024, T = 16: a GRU's 12 MiB W_hh).
-// FASTRNN_CPU_PRODUCTS pins it too.
-template <typename S>
-bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
 
 // out (rows, n) fp32 = h (rows, K) @ W^T for bfloat16 h and W (n, K), both
 // bit patterns, through ATen's bfloat16 matmul (oneDNN: AMX tiles where the
@@ -86,9 +81,10 @@ bool prefer_blas_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t st
 void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
                        float* out);
 
-// prefer_blas_step for a bfloat16 layer's `steps` step products: ATen's
-// bfloat16 matmul (aten_bf16_product) against small_gemm_bf16 on a W_hh
-// packed once per call (small_gemm_bf16.h), timed the same way.
+// Whether a bfloat16 layer's `steps` step products run faster on ATen's
+// bfloat16 matmul (aten_bf16_product) than on small_gemm_bf16 with a W_hh
+// packed once per call (small_gemm_bf16.h), both timed as step_times times
+// its candidates, packing included. FASTRNN_CPU_PRODUCTS pins it too.
 bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
 
 }  // namespace fastrnn::cpu
