@@ -5,6 +5,8 @@
 #include <sys/mman.h>  // madvise, MADV_HUGEPAGE
 #endif
 
+#include <c10/util/accumulate.h>
+
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -75,9 +77,7 @@ BlockCache& cache() {
 }  // namespace
 
 at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  int64_t numel = 1;
-  for (const int64_t s : sizes) numel *= s;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * opts.dtype().itemsize();
   if (bytes < kMinBytes || cache().limit() == 0) return at::empty(sizes, opts);
   size_t capacity = 0;
   void* block = cache().take(bytes, &capacity);

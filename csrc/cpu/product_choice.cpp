@@ -49,10 +49,13 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 // transposes, threads, inside a parallel region)
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool>;
 
-// The step product's one extra Product value in the cache key, and the
-// number of product values (Product's five and this one).
-constexpr int kRecurrentStep = -1;
-constexpr size_t kProducts = 6;
+// The step products' extra Product values in the cache key: a bfloat16
+// layer's step, the input projection per step (a second product of the step)
+// and the recurrent step. Each has its own slot in a thread's last-times
+// cache, so that a layer called in a loop, which looks up several of them
+// per call, takes no lock. kProducts: Product's five and these three.
+constexpr int kBf16Step = -3, kInputStep = -2, kRecurrentStep = -1;
+constexpr size_t kProducts = 8;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time. Small products repeat until a run
@@ -63,7 +66,7 @@ Times cached_times(const Key& key, const Measure& time_both) {
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kRecurrentStep)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16Step)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -206,8 +209,8 @@ Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K,
 
 template <typename S>
 Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass) {
-  const Key key{kRecurrentStep, static_cast<int>(sizeof(S)), B, n, K, gate_pass, true,
-                at::get_num_threads(), at::in_parallel_region()};
+  const Key key{gate_pass ? kRecurrentStep : kInputStep, static_cast<int>(sizeof(S)), B, n, K,
+                false, true, at::get_num_threads(), at::in_parallel_region()};
   std::vector<S> w, packed;
   auto pack = [&] {
     if (w.empty()) w.assign(n * K, S(0.25)), packed.resize(packed_size<S>(K, n));
@@ -236,7 +239,7 @@ void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, co
 bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps) {
   bool aten;
   if (products_pinned(&aten)) return aten;
-  const Key key{kRecurrentStep, 2, B, n, K, true, true, at::get_num_threads(),
+  const Key key{kBf16Step, 2, B, n, K, false, true, at::get_num_threads(),
                 at::in_parallel_region()};
   std::vector<uint16_t> w, packed;
   auto pack = [&] {
