@@ -355,6 +355,65 @@ def test_bfloat16_products(mode, form, reverse, pin, monkeypatch):
     assert_matches_oracle(case, reverse, threads, torch.bfloat16)
 
 
+def ran_aten_lstm(fn):
+    """Whether fn() ran ATen's LSTM (at::lstm) inside fastrnn::layer_fwd."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {e.key for e in prof.key_averages()}
+    assert "fastrnn::layer_fwd" in names or "fastrnn::bilayer_fwd" in names
+    return "aten::lstm" in names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_lstm_inference_on_aten_lstm(dtype, bidirectional, bias, monkeypatch):
+    """An inference LSTM runs on ATen's LSTM where that measured faster
+    (prefer_aten_lstm; pinned here: blas always, own never): pinned to it,
+    outputs and final states equal torch.nn's bitwise (the same oneDNN
+    kernel), reverse direction included; pinned off, the loop runs and
+    matches within the dtype's tolerance."""
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(11, 20, num_layers=2, bias=bias, bidirectional=bidirectional,
+                        batch_first=True).to(dtype)
+    ours = fastrnn.LSTM(11, 20, num_layers=2, bias=bias, bidirectional=bidirectional,
+                        batch_first=True).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    dirs = 2 if bidirectional else 1
+    x = torch.randn(5, 9, 11, dtype=dtype)
+    hx = (torch.randn(2 * dirs, 5, 20, dtype=dtype), torch.randn(2 * dirs, 5, 20, dtype=dtype))
+    with torch.no_grad():
+        y_ref, (h_ref, c_ref) = ref(x, hx)
+        for pin, exact in (("blas", True), ("own", False)):
+            monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
+            got = []
+            assert ran_aten_lstm(lambda: got.extend(ours(x, hx))) == exact
+            y, (h, c) = got
+            for g, w in ((y, y_ref), (h, h_ref), (c, c_ref)):
+                if exact:
+                    assert torch.equal(g, w)
+                else:
+                    atol, rtol = TOLERANCE[dtype]
+                    torch.testing.assert_close(g, w, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("case", ["training", "float64", "projection", "packed"])
+def test_aten_lstm_only_for_plain_inference(case, monkeypatch):
+    """ATen's LSTM never runs a call it cannot serve as the loop does, even
+    pinned: one that saves a workspace for the backward, float64, a
+    projection, batch sizes that shrink."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "blas")
+    proj = 3 if case == "projection" else 0
+    sizes = PACKED if case == "packed" else PADDED
+    dtype = torch.float64 if case == "float64" else torch.float32
+    spec, x, bs, h0, c0, w = make_case("LSTM", proj, sizes=sizes, dtype=dtype)
+    args = ["LSTM", x.to(dtype), bs, h0.to(dtype), c0.to(dtype),
+            *(None if t is None else t.to(dtype) for t in w), False, case == "training"]
+    assert not ran_aten_lstm(lambda: torch.ops.fastrnn.layer_fwd(*args))
+    args[-1] = False
+    assert ran_aten_lstm(lambda: torch.ops.fastrnn.layer_fwd(*args)) == (case == "training")
+
+
 GRADCHECK = [  # (mode, proj, bias, sizes, reverse)
     *((m, p, True, [2, 2, 1], False) for m, p in CONFIGS),
     ("LSTM", 2, False, [3, 1, 1], True),

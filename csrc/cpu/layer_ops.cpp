@@ -326,11 +326,14 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
   return {false, per_step};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
-    const std::string& mode, const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
-    const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
-    const OptTensor& b_hh, const OptTensor& w_hr, bool reverse, bool save) {
-  const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+// layer_fwd's results: y, h_n, c_n, workspace.
+using Forward = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+// layer_fwd on fastrnn's loop, for a validated call.
+Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
+                      const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
+                      const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                      const OptTensor& w_hr, bool reverse, bool save) {
   const auto ct = compute_type(x);
   const int64_t GH = L.G * L.H;
   const LayerDims dims = dims_of(L, batch_sizes, reverse);
@@ -468,6 +471,70 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> layer_fwd(
   const auto out = x.scalar_type();
   Tensor c_n = c.defined() ? c.to(out) : at::empty({0}, x.options());
   return {bf16_products ? y16 : y.to(out), h.to(out), c_n, ws};
+}
+
+// layer_fwd on ATen's LSTM (at::lstm), for a validated call of an LSTM
+// without projection whose T steps all have B rows: x (T*B, I) is then the
+// time-major (T, B, I) sequence at::lstm reads, reversed in time for the
+// reverse direction. The workspace is empty (inference only).
+Forward aten_lstm_fwd(const Layer& L, const Tensor& x, const Tensor& h0, const Tensor& c0,
+                      const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
+                      const OptTensor& b_hh, bool reverse) {
+  Tensor seq = x.view({L.T, L.B, L.I});
+  if (reverse) seq = seq.flip(0);
+  std::vector<Tensor> params{w_ih, w_hh};
+  if (L.bias) params.insert(params.end(), {*b_ih, *b_hh});
+  auto [y, h_n, c_n] = at::lstm(seq, {h0.unsqueeze(0), c0.unsqueeze(0)}, params, L.bias,
+                                /*num_layers=*/1, /*dropout=*/0.0, /*train=*/false,
+                                /*bidirectional=*/false, /*batch_first=*/false);
+  if (reverse) y = y.flip(0);
+  return {y.reshape({L.N, L.H}).contiguous(), h_n.squeeze(0).contiguous(),
+          c_n.squeeze(0).contiguous(),
+          at::empty({0, workspace::columns(L.mode, L.H)}, x.options().dtype(compute_type(x)))};
+}
+
+// Where an inference LSTM runs faster on ATen's LSTM than on fastrnn's loop,
+// it runs there (prefer_aten_lstm, product_choice.h). Inference at B = 64 is
+// where oneDNN's LSTM, the gate math fused into its products' register
+// tiles, led the loop on an Intel Xeon (0.89-0.98x of torch.nn, 1 thread;
+// docs/benchmarks.md, "Results: CPU, Intel Xeon"). Candidates: float32 and
+// bfloat16 (oneDNN has no float64 LSTM), no projection (nor has it), all
+// steps of B rows (a padded batch; packed sequences of different lengths
+// take ATen's per-step path, which the loop beats), no workspace wanted.
+// Both are timed on the call's own first min(T, 16) steps rounded down to a
+// power of two, a sample long enough that one-off costs (packing W_hh,
+// oneDNN's weight reorder) weigh as in a long call.
+bool aten_lstm_faster(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
+                      const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
+                      const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                      bool reverse, bool save) {
+  if (save || L.mode != Mode::LSTM || L.project || x.scalar_type() == at::kDouble ||
+      L.B == 0 || L.I == 0 || batch_sizes.data_ptr<int64_t>()[L.T - 1] != L.B)
+    return false;
+  int64_t steps = 1;
+  while (steps * 2 <= std::min<int64_t>(L.T, 16)) steps *= 2;
+  Layer sample = L;
+  sample.T = steps, sample.N = steps * L.B;
+  // The sample's views are made only when it runs: a cached choice costs a lookup.
+  return prefer_aten_lstm(
+      static_cast<int>(x.element_size()), L.B, L.I, L.H, steps, reverse, L.bias,
+      [&] {
+        own_layer_fwd(sample, x.narrow(0, 0, sample.N), batch_sizes.narrow(0, 0, steps), h0, c0,
+                      w_ih, w_hh, b_ih, b_hh, c10::nullopt, reverse, false);
+      },
+      [&] {
+        aten_lstm_fwd(sample, x.narrow(0, 0, sample.N), h0, *c0, w_ih, w_hh, b_ih, b_hh, reverse);
+      });
+}
+
+Forward layer_fwd(const std::string& mode, const Tensor& x, const Tensor& batch_sizes,
+                  const Tensor& h0, const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
+                  const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+                  bool reverse, bool save) {
+  const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  if (aten_lstm_faster(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, save))
+    return aten_lstm_fwd(L, x, h0, *c0, w_ih, w_hh, b_ih, b_hh, reverse);
+  return own_layer_fwd(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_bwd(

@@ -46,16 +46,16 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 }
 
 // (product, element size, M, n, K with the token dimension bucketed,
-// transposes, threads, inside a parallel region)
-using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool>;
+// transposes, threads, inside a parallel region, time steps of a layer sample)
+using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t>;
 
-// The step products' extra Product values in the cache key: a bfloat16
-// layer's step, the input projection per step (a second product of the step)
-// and the recurrent step. Each has its own slot in a thread's last-times
-// cache, so that a layer called in a loop, which looks up several of them
-// per call, takes no lock. kProducts: Product's five and these three.
-constexpr int kBf16Step = -3, kInputStep = -2, kRecurrentStep = -1;
-constexpr size_t kProducts = 8;
+// The extra Product values in the cache key: ATen's LSTM against the loop,
+// a bfloat16 layer's step, the input projection per step (a second product
+// of the step) and the recurrent step. Each has its own slot in a thread's
+// last-times cache, so that a layer called in a loop, which looks up several
+// of them per call, takes no lock. kProducts: Product's five and these four.
+constexpr int kAtenLstm = -4, kBf16Step = -3, kInputStep = -2, kRecurrentStep = -1;
+constexpr size_t kProducts = 9;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time. Small products repeat until a run
@@ -66,7 +66,7 @@ Times cached_times(const Key& key, const Measure& time_both) {
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16Step)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kAtenLstm)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -144,7 +144,7 @@ Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_tra
   while (bucket < std::min<int64_t>(tokens, 512)) bucket *= 2;
   tokens = bucket;
   const Key key{static_cast<int>(product), static_cast<int>(sizeof(S)), M, n, K, a_transposed,
-                b_transposed, at::get_num_threads(), at::in_parallel_region()};
+                b_transposed, at::get_num_threads(), at::in_parallel_region(), 0};
   // Operands of the sample's shape, made at the first measurement and filled
   // (values do not change the speed of either implementation; denormals
   // would, so none).
@@ -210,7 +210,7 @@ Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K,
 template <typename S>
 Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass) {
   const Key key{gate_pass ? kRecurrentStep : kInputStep, static_cast<int>(sizeof(S)), B, n, K,
-                false, true, at::get_num_threads(), at::in_parallel_region()};
+                false, true, at::get_num_threads(), at::in_parallel_region(), 0};
   std::vector<S> w, packed;
   auto pack = [&] {
     if (w.empty()) w.assign(n * K, S(0.25)), packed.resize(packed_size<S>(K, n));
@@ -240,7 +240,7 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
   bool aten;
   if (products_pinned(&aten)) return aten;
   const Key key{kBf16Step, 2, B, n, K, false, true, at::get_num_threads(),
-                at::in_parallel_region()};
+                at::in_parallel_region(), 0};
   std::vector<uint16_t> w, packed;
   auto pack = [&] {
     if (w.empty()) w.assign(n * K, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
@@ -256,6 +256,24 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
         }
       });
   return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
+}
+
+bool prefer_aten_lstm(int element_size, int64_t B, int64_t I, int64_t H, int64_t steps,
+                      bool reverse, bool bias, c10::function_ref<void()> own,
+                      c10::function_ref<void()> aten) {
+  bool pinned_aten;
+  if (products_pinned(&pinned_aten)) return pinned_aten;
+  const Key key{kAtenLstm, element_size, B, H, I, reverse, bias, at::get_num_threads(),
+                at::in_parallel_region(), steps};
+  const Times t = cached_times(key, [&](int64_t repeats) {
+    // Alternated, so that a change of clock or load in the middle of the
+    // measurement reaches both.
+    double ours = 0, theirs = 0;
+    for (int64_t r = 0; r < repeats; ++r) ours += seconds_of(1, own), theirs += seconds_of(1, aten);
+    return Times{ours, theirs, 0.0};
+  });
+  // No margin: where the two tie, either runs torch.nn's speed.
+  return t.blas < t.own;
 }
 
 template void blas_gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,

@@ -14,6 +14,7 @@
 // bitwise-reproducible runs across machines.
 #pragma once
 
+#include <c10/util/FunctionRef.h>
 #include <stdint.h>
 
 namespace fastrnn::cpu {
@@ -86,5 +87,16 @@ void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, co
 // packed once per call (small_gemm_bf16.h), both timed as step_times times
 // its candidates, packing included. FASTRNN_CPU_PRODUCTS pins it too.
 bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
+
+// Whether ATen's own LSTM (at::lstm: oneDNN's fused LSTM in torch's x86
+// builds) runs an inference layer of this shape (B rows a step, input I,
+// hidden H, with or without bias, in either direction) faster than fastrnn's
+// loop: own() and aten() each run the layer on the same sample of `steps`
+// time steps, alternated, the first time the shape and thread count are seen
+// (cached_times' repeats); no margin, as a tie runs at torch.nn's speed
+// either way. FASTRNN_CPU_PRODUCTS pins it: own never, blas always.
+bool prefer_aten_lstm(int element_size, int64_t B, int64_t I, int64_t H, int64_t steps,
+                      bool reverse, bool bias, c10::function_ref<void()> own,
+                      c10::function_ref<void()> aten);
 
 }  // namespace fastrnn::cpu
