@@ -86,8 +86,8 @@ def run_stack(
     mode: str,
     x: Tensor,
     batch_sizes: Tensor,
-    hx: Tensor,
-    cx: Optional[Tensor],
+    h0s: Sequence[Tensor],
+    c0s: Optional[Sequence[Tensor]],
     flat_weights: Sequence[Tensor],
     *,
     hidden_size: int,
@@ -100,7 +100,7 @@ def run_stack(
     used: list[str],
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """
-    x (N, I); hx (L*D, B, Hout); cx (L*D, B, H) for LSTM.
+    x (N, I); h0s L*D states (B, Hout); c0s L*D states (B, H) for LSTM, else None.
     Returns out (N, D*Hout), h_n (L*D, B, Hout), c_n (L*D, B, H) or None.
 
     Dropout is applied to each layer's output except the last's, in training
@@ -110,15 +110,13 @@ def run_stack(
     if num_layers == 1 and not bidirectional:  # the common case, without the loop's lists
         weights = split_weights(flat_weights, bias, proj_size > 0)
         spec = LayerSpec(mode, x.shape[1], hidden_size, proj_size, bias)
-        c0 = None if cx is None else cx[0]
-        y, h, c = run_layer(spec, x.contiguous(), batch_sizes, hx[0], c0, weights, False, used)
+        c0 = None if c0s is None else c0s[0]
+        y, h, c = run_layer(spec, x.contiguous(), batch_sizes, h0s[0], c0, weights, False, used)
         return y, h.unsqueeze(0), (None if c is None else c.unsqueeze(0))
     dirs = 2 if bidirectional else 1
     per = len(flat_weights) // (num_layers * dirs)
     has_proj = proj_size > 0
     layer_input = x.contiguous()
-    h0s = hx.unbind(0)  # (L*D) views, one call
-    c0s = cx.unbind(0) if cx is not None else None
     h_n: list[Tensor] = []
     c_n: list[Tensor] = []
     for layer in range(num_layers):
@@ -142,4 +140,4 @@ def run_stack(
         layer_input = results[0][0] if dirs == 1 else torch.cat([r[0] for r in results], dim=1)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    return layer_input, torch.stack(h_n), (torch.stack(c_n) if cx is not None else None)
+    return layer_input, torch.stack(h_n), (torch.stack(c_n) if c0s is not None else None)

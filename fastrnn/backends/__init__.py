@@ -17,6 +17,7 @@ import contextlib
 import os
 from typing import Callable, Iterator, Optional
 
+import torch
 from torch import Tensor
 
 from .base import Backend, LayerSpec, LayerWeights
@@ -30,8 +31,15 @@ _override: list[str] = []
 _wrappers: list[Callable[[Backend], Backend]] = []
 
 
+# select()'s answers for CPU tensors in auto mode, by (spec, dtype): the CPU
+# chain's backends decide from those alone. A cold x.device.type costs ~10 us
+# (a torch.device made per call), as much as a small layer's kernel.
+_CPU_AUTO: dict[tuple[LayerSpec, torch.dtype], Backend] = {}
+
+
 def register(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
+    _CPU_AUTO.clear()
     return backend
 
 
@@ -85,6 +93,11 @@ def chain(device_type: str) -> tuple[str, ...]:
 def select(spec: LayerSpec, x: Tensor) -> Backend:
     """The first backend in the chain that accepts this call (handed to an active
     gate capture's wrapper, if any; one frame, as it runs every layer call)."""
+    cpu_auto = x.is_cpu and requested() == "auto"
+    if cpu_auto:
+        chosen = _CPU_AUTO.get((spec, x.dtype))
+        if chosen is not None:
+            return _wrappers[-1](chosen) if _wrappers else chosen
     chosen = _BACKENDS["reference"]
     for name in chain(x.device.type):
         backend = _BACKENDS.get(name)
@@ -93,6 +106,8 @@ def select(spec: LayerSpec, x: Tensor) -> Backend:
         if backend.supports(spec, x) is None:
             chosen = backend
             break
+    if cpu_auto:
+        _CPU_AUTO[(spec, x.dtype)] = chosen
     return _wrappers[-1](chosen) if _wrappers else chosen
 
 

@@ -77,12 +77,14 @@ class _FusedStack(Deployable):
             # A zero state of the expected size: only the input needs checking.
             self.check_input(data, batch_sizes)
             out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-            zeros = dict(dtype=data.dtype, device=data.device)
-            h = torch.zeros(self.num_layers * dirs, max_batch, out_size, **zeros)
-            hx = (h, torch.zeros(self.num_layers * dirs, max_batch, self.hidden_size, **zeros)) if lstm else h
+            states = self.num_layers * dirs
+            h0s = _zero_states(data, states, max_batch, out_size)
+            c0s = _zero_states(data, states, max_batch, self.hidden_size) if lstm else None
         else:
             self.check_forward_args(data, hx, batch_sizes)
             _check_state_dtype(data, hx)
+            h0s = (hx[0] if lstm else hx).unbind(0)
+            c0s = hx[1].unbind(0) if lstm else None
 
         if packed:
             rows = data
@@ -99,8 +101,8 @@ class _FusedStack(Deployable):
             self.mode,
             rows,
             batch_sizes,
-            hx[0] if lstm else hx,
-            hx[1] if lstm else None,
+            h0s,
+            c0s,
             weights,
             hidden_size=self.hidden_size,
             proj_size=self.proj_size,
@@ -129,6 +131,15 @@ class _FusedStack(Deployable):
             return out.view(steps, width), ((h_n.squeeze(1), c_n.squeeze(1)) if lstm else h_n.squeeze(1))
         out = out.view(steps, max_batch, width)
         return (out.transpose(0, 1) if self.batch_first else out), hidden
+
+
+def _zero_states(data: Tensor, states: int, batch: int, size: int) -> tuple[Tensor, ...]:
+    """`states` zero (batch, size) states like data, in as few torch calls as
+    possible: each costs ~15 us when a long kernel has left the caches cold,
+    which at B = 64, H = 64, T = 64 was 3% of an LSTM's call."""
+    if states == 1:
+        return (data.new_zeros(batch, size),)
+    return data.new_zeros(states, batch, size).unbind(0)
 
 
 def _check_state_kind(hx, lstm: bool, is_batched: bool) -> None:
