@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <numeric>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -292,19 +293,23 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
 //   BLAS, hoisted:     T blas_step(P) + hoisted / 0.85
 // where hoisted is the faster of blocks and BLAS for the whole projection,
 // and / 0.85 its memory round trip, which the 512-token sample keeps in cache
-// (at B = 64, H = 256, T = 64 a 16 MiB round trip, ~12% of the forward). BLAS
-// steps must win by 10% (below). Choosing the steps alone had BLAS win a tie at B = 64,
-// H = 64 and so hoist the projection, 0.74x of torch.nn where per step ran
-// 0.90x. FASTRNN_CPU_PRODUCTS pins: own runs the blocks per step where
-// allowed, blas runs BLAS hoisted.
+// (at B = 64, H = 256, T = 64 a 16 MiB round trip, ~12% of the forward).
+// Choosing the steps alone had BLAS win a tie at B = 64, H = 64 and so hoist
+// the projection, 0.74x of torch.nn where per step ran 0.90x. Where BLAS and
+// the best blocks plan come within 15% of each other, the products' times do
+// not decide (at B = 64, H = 1024 they tied MKL with the blocks, and the loop
+// on MKL then ran 6-10% slower; at B = 1, H = 1024 the blocks ran a GRU
+// 0.84x of torch.nn, BLAS 1.06x): `close` says so, and own_layer_fwd races
+// the two plans on the layer's first steps (raced_plan). FASTRNN_CPU_PRODUCTS
+// pins: own runs the blocks per step where allowed, blas runs BLAS hoisted.
 struct ForwardPlan {
-  bool step_blas, per_step;
+  bool step_blas, per_step, close;
 };
 
 template <typename S>
 ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per_step) {
   bool blas;
-  if (products_pinned(&blas)) return {tiles && blas, may_per_step && !blas};
+  if (products_pinned(&blas)) return {tiles && blas, may_per_step && !blas, false};
   const int64_t GH = L.G * L.H;
   const double T = static_cast<double>(L.T);
   const Times step = step_times<S>(L.B, grain, GH, L.P, /*gate_pass=*/true);
@@ -319,21 +324,70 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
     per_step = in_loop < blocks;
     blocks = std::min(blocks, in_loop);
   }
-  // BLAS steps must win by 10%: with the sweep, the sample still ties MKL with
-  // the blocks at B = 64, H = 1024 (per step ~105 GFLOP/s each), where the
-  // loop on MKL then ran 6-10% slower (grid runs, 1 thread).
-  if (tiles && T * step.blas + hoisted < 0.9 * blocks) return {true, false};
-  return {false, per_step};
+  if (!tiles) return {false, per_step, false};
+  const double on_blas = T * step.blas + hoisted;
+  if (on_blas * 1.15 < blocks) return {true, false, false};
+  return {false, per_step, on_blas < blocks * 1.15};
+}
+
+// A layer's first time steps (as many as fit in min(T, 16), rounded down to a
+// power of two), on which two ways of running it race (LayerChoice): long
+// enough that one-off costs (packing W_hh, oneDNN's weight reorder) weigh
+// about as in a long call. Views of the call's own inputs.
+struct Sample {
+  Layer L;
+  Tensor x, batch_sizes;
+};
+
+int64_t sample_steps(int64_t T) {
+  int64_t steps = 1;
+  while (steps * 2 <= std::min<int64_t>(T, 16)) steps *= 2;
+  return steps;
+}
+
+Sample first_steps(const Layer& L, const Tensor& x, const Tensor& batch_sizes) {
+  const int64_t steps = sample_steps(L.T);
+  const int64_t* bs = batch_sizes.data_ptr<int64_t>();
+  Sample s{L, Tensor(), batch_sizes.narrow(0, 0, steps)};
+  s.L.T = steps, s.L.N = std::accumulate(bs, bs + steps, int64_t{0});
+  s.x = x.narrow(0, 0, s.L.N);
+  return s;
 }
 
 // layer_fwd's results: y, h_n, c_n, workspace.
 using Forward = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 
-// layer_fwd on fastrnn's loop, for a validated call.
+// layer_fwd on fastrnn's loop, for a validated call; on `forced`'s products
+// when given, else as planned (plan_forward, raced_plan).
 Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
                       const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                       const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                      const OptTensor& w_hr, bool reverse, bool save) {
+                      const OptTensor& w_hr, bool reverse, bool save,
+                      const ForwardPlan* forced = nullptr);
+
+// plan_forward's blocks plan or BLAS steps, whichever runs the layer's first
+// steps faster (sample_prefers_second), for a plan whose times came out close.
+ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
+                       const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
+                       const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                       const OptTensor& w_hr, bool reverse, bool save, ForwardPlan blocks) {
+  blocks.close = false;
+  const ForwardPlan blas{true, false, false};
+  const Sample s = first_steps(L, x, batch_sizes);
+  auto run = [&](const ForwardPlan& plan) {
+    own_layer_fwd(s.L, s.x, s.batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save,
+                  &plan);
+  };
+  const bool on_blas = sample_prefers_second(
+      LayerChoice::BlasSteps, static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, s.L.T,
+      reverse, L.bias, [&] { run(blocks); }, [&] { run(blas); });
+  return on_blas ? blas : blocks;
+}
+
+Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
+                      const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
+                      const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                      const OptTensor& w_hr, bool reverse, bool save, const ForwardPlan* forced) {
   const auto ct = compute_type(x);
   const int64_t GH = L.G * L.H;
   const LayerDims dims = dims_of(L, batch_sizes, reverse);
@@ -353,14 +407,16 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // measured faster (on AMX: 4x the bf16 blocks at B = 64, H = 256).
   const bool step_aten = tiles && bf16_products &&
                          prefer_aten_bf16_step(L.B, grain, GH, L.P, L.T);
-  const ForwardPlan plan = AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
-    if (single) return ForwardPlan{false, false};
+  ForwardPlan plan = forced ? *forced : AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
+    if (single) return ForwardPlan{false, false, false};
     const bool may_per_step =
         !step_aten && project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
                                        sizeof(scalar_t));
-    if (bf16_products) return ForwardPlan{false, may_per_step};
+    if (bf16_products) return ForwardPlan{false, may_per_step, false};
     return plan_forward<scalar_t>(L, grain, tiles, may_per_step);
   });
+  if (plan.close)
+    plan = raced_plan(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save, plan);
   const bool step_blas = plan.step_blas, per_step = plan.per_step;
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
   const Tensor xc = fp32_input ? in_compute(x, ct) : Tensor();
@@ -494,16 +550,14 @@ Forward aten_lstm_fwd(const Layer& L, const Tensor& x, const Tensor& h0, const T
 }
 
 // Where an inference LSTM runs faster on ATen's LSTM than on fastrnn's loop,
-// it runs there (prefer_aten_lstm, product_choice.h). Inference at B = 64 is
-// where oneDNN's LSTM, the gate math fused into its products' register
-// tiles, led the loop on an Intel Xeon (0.89-0.98x of torch.nn, 1 thread;
-// docs/benchmarks.md, "Results: CPU, Intel Xeon"). Candidates: float32 and
-// bfloat16 (oneDNN has no float64 LSTM), no projection (nor has it), all
-// steps of B rows (a padded batch; packed sequences of different lengths
-// take ATen's per-step path, which the loop beats), no workspace wanted.
-// Both are timed on the call's own first min(T, 16) steps rounded down to a
-// power of two, a sample long enough that one-off costs (packing W_hh,
-// oneDNN's weight reorder) weigh as in a long call.
+// it runs there (LayerChoice::AtenLstm, raced on the first steps). Inference
+// at B = 64 is where oneDNN's LSTM, the gate math fused into its products'
+// register tiles, led the loop on an Intel Xeon (0.89-0.98x of torch.nn, 1
+// thread; docs/benchmarks.md, "Results: CPU, Intel Xeon"). Candidates:
+// float32 and bfloat16 (oneDNN has no float64 LSTM), no projection (nor has
+// it), all steps of B rows (a padded batch; packed sequences of different
+// lengths take ATen's per-step path, which the loop beats), no workspace
+// wanted. FASTRNN_CPU_PRODUCTS pins it: own never, blas always.
 bool aten_lstm_faster(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
                       const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                       const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
@@ -511,19 +565,20 @@ bool aten_lstm_faster(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   if (save || L.mode != Mode::LSTM || L.project || x.scalar_type() == at::kDouble ||
       L.B == 0 || L.I == 0 || batch_sizes.data_ptr<int64_t>()[L.T - 1] != L.B)
     return false;
-  int64_t steps = 1;
-  while (steps * 2 <= std::min<int64_t>(L.T, 16)) steps *= 2;
-  Layer sample = L;
-  sample.T = steps, sample.N = steps * L.B;
+  bool pinned_aten;
+  if (products_pinned(&pinned_aten)) return pinned_aten;
   // The sample's views are made only when it runs: a cached choice costs a lookup.
-  return prefer_aten_lstm(
-      static_cast<int>(x.element_size()), L.B, L.I, L.H, steps, reverse, L.bias,
+  return sample_prefers_second(
+      LayerChoice::AtenLstm, static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H,
+      sample_steps(L.T), reverse, L.bias,
       [&] {
-        own_layer_fwd(sample, x.narrow(0, 0, sample.N), batch_sizes.narrow(0, 0, steps), h0, c0,
-                      w_ih, w_hh, b_ih, b_hh, c10::nullopt, reverse, false);
+        const Sample s = first_steps(L, x, batch_sizes);
+        own_layer_fwd(s.L, s.x, s.batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, c10::nullopt,
+                      reverse, false);
       },
       [&] {
-        aten_lstm_fwd(sample, x.narrow(0, 0, sample.N), h0, *c0, w_ih, w_hh, b_ih, b_hh, reverse);
+        const Sample s = first_steps(L, x, batch_sizes);
+        aten_lstm_fwd(s.L, s.x, h0, *c0, w_ih, w_hh, b_ih, b_hh, reverse);
       });
 }
 

@@ -49,13 +49,14 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 // transposes, threads, inside a parallel region, time steps of a layer sample)
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t>;
 
-// The extra Product values in the cache key: ATen's LSTM against the loop,
-// a bfloat16 layer's step, the input projection per step (a second product
+// The extra Product values in the cache key: the layer samples
+// (LayerChoice), a bfloat16 layer's step, the input projection per step (a second product
 // of the step) and the recurrent step. Each has its own slot in a thread's
 // last-times cache, so that a layer called in a loop, which looks up several
-// of them per call, takes no lock. kProducts: Product's five and these four.
-constexpr int kAtenLstm = -4, kBf16Step = -3, kInputStep = -2, kRecurrentStep = -1;
-constexpr size_t kProducts = 9;
+// of them per call, takes no lock. kProducts: Product's five and these five.
+constexpr int kBlasSteps = -5, kAtenLstm = -4, kBf16Step = -3, kInputStep = -2,
+              kRecurrentStep = -1;
+constexpr size_t kProducts = 10;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time. Small products repeat until a run
@@ -66,7 +67,7 @@ Times cached_times(const Key& key, const Measure& time_both) {
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kAtenLstm)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBlasSteps)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -258,21 +259,18 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
   return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
 }
 
-bool prefer_aten_lstm(int element_size, int64_t B, int64_t I, int64_t H, int64_t steps,
-                      bool reverse, bool bias, c10::function_ref<void()> own,
-                      c10::function_ref<void()> aten) {
-  bool pinned_aten;
-  if (products_pinned(&pinned_aten)) return pinned_aten;
-  const Key key{kAtenLstm, element_size, B, H, I, reverse, bias, at::get_num_threads(),
-                at::in_parallel_region(), steps};
+bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int64_t I,
+                           int64_t GH, int64_t steps, bool reverse, bool bias,
+                           c10::function_ref<void()> first, c10::function_ref<void()> second) {
+  const Key key{choice == LayerChoice::AtenLstm ? kAtenLstm : kBlasSteps, element_size, B, GH, I,
+                reverse, bias, at::get_num_threads(), at::in_parallel_region(), steps};
   const Times t = cached_times(key, [&](int64_t repeats) {
     // Alternated, so that a change of clock or load in the middle of the
     // measurement reaches both.
-    double ours = 0, theirs = 0;
-    for (int64_t r = 0; r < repeats; ++r) ours += seconds_of(1, own), theirs += seconds_of(1, aten);
-    return Times{ours, theirs, 0.0};
+    double a = 0, b = 0;
+    for (int64_t r = 0; r < repeats; ++r) a += seconds_of(1, first), b += seconds_of(1, second);
+    return Times{a, b, 0.0};
   });
-  // No margin: where the two tie, either runs torch.nn's speed.
   return t.blas < t.own;
 }
 

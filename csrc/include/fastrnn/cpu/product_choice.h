@@ -88,15 +88,20 @@ void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, co
 // its candidates, packing included. FASTRNN_CPU_PRODUCTS pins it too.
 bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
 
-// Whether ATen's own LSTM (at::lstm: oneDNN's fused LSTM in torch's x86
-// builds) runs an inference layer of this shape (B rows a step, input I,
-// hidden H, with or without bias, in either direction) faster than fastrnn's
-// loop: own() and aten() each run the layer on the same sample of `steps`
-// time steps, alternated, the first time the shape and thread count are seen
-// (cached_times' repeats); no margin, as a tie runs at torch.nn's speed
-// either way. FASTRNN_CPU_PRODUCTS pins it: own never, blas always.
-bool prefer_aten_lstm(int element_size, int64_t B, int64_t I, int64_t H, int64_t steps,
-                      bool reverse, bool bias, c10::function_ref<void()> own,
-                      c10::function_ref<void()> aten);
+// A choice between two ways of running a whole layer, made by running both
+// on a sample of it: ATen's LSTM against fastrnn's loop (layer_ops.cpp,
+// aten_lstm_faster), or the loop with its step products on BLAS against the
+// blocks where the product times alone came out close (plan_forward).
+enum class LayerChoice { AtenLstm, BlasSteps };
+
+// Whether second() runs the sample faster than first(): both run it
+// alternated, the first time this choice, element size, first batch size B,
+// input I, gate columns GH, sample `steps`, direction, bias and thread count
+// are seen (cached_times' repeats), cached; no margin, as the candidates are
+// close or at torch.nn's speed either way. FASTRNN_CPU_PRODUCTS is not
+// consulted (callers pin).
+bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int64_t I,
+                           int64_t GH, int64_t steps, bool reverse, bool bias,
+                           c10::function_ref<void()> first, c10::function_ref<void()> second);
 
 }  // namespace fastrnn::cpu
