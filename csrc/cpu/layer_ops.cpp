@@ -304,30 +304,31 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
 // pins: own runs the blocks per step where allowed, blas runs BLAS hoisted.
 struct ForwardPlan {
   bool step_blas, per_step, close;
+  double packing;  // seconds the blocks plan spends packing weights per call (close plans)
 };
 
 template <typename S>
 ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per_step) {
   bool blas;
-  if (products_pinned(&blas)) return {tiles && blas, may_per_step && !blas, false};
+  if (products_pinned(&blas)) return {tiles && blas, may_per_step && !blas, false, 0.0};
   const int64_t GH = L.G * L.H;
   const double T = static_cast<double>(L.T);
   const Times step = step_times<S>(L.B, grain, GH, L.P, /*gate_pass=*/true);
   const Times whole = product_times<S>(Product::InputProjection, L.N, GH, L.I, false, true,
                                        /*tokens_in_m=*/true);
   const double hoisted = std::min(whole.own, whole.blas) / 0.85;
-  double blocks = T * step.own + step.own_setup + hoisted;
+  double blocks = T * step.own + step.own_setup + hoisted, packing = step.own_setup;
   bool per_step = false;
   if (may_per_step) {
     const Times input = step_times<S>(L.B, grain, GH, L.I, /*gate_pass=*/false);
     const double in_loop = T * (step.own + input.own) + step.own_setup + input.own_setup;
     per_step = in_loop < blocks;
-    blocks = std::min(blocks, in_loop);
+    if (per_step) blocks = in_loop, packing += input.own_setup;
   }
-  if (!tiles) return {false, per_step, false};
+  if (!tiles) return {false, per_step, false, packing};
   const double on_blas = T * step.blas + hoisted;
-  if (on_blas * 1.15 < blocks) return {true, false, false};
-  return {false, per_step, on_blas < blocks * 1.15};
+  if (on_blas * 1.15 < blocks) return {true, false, false, 0.0};
+  return {false, per_step, on_blas < blocks * 1.15, packing};
 }
 
 // A layer's first time steps (as many as fit in min(T, 16), rounded down to a
@@ -365,14 +366,17 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
                       const OptTensor& w_hr, bool reverse, bool save,
                       const ForwardPlan* forced = nullptr);
 
-// plan_forward's blocks plan or BLAS steps, whichever runs the layer's first
-// steps faster (sample_prefers_second), for a plan whose times came out close.
+// plan_forward's blocks plan or BLAS steps, whichever runs the call faster
+// (sample_prefers_second), for a plan whose times came out close: both run
+// the layer's first steps, and the blocks' packing, paid once per call, is
+// not scaled with the call's length (at B = 64, H = 1024 it costs about one
+// step, 6% of a 16-step sample).
 ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
                        const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                        const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                        const OptTensor& w_hr, bool reverse, bool save, ForwardPlan blocks) {
   blocks.close = false;
-  const ForwardPlan blas{true, false, false};
+  const ForwardPlan blas{true, false, false, 0.0};
   const Sample s = first_steps(L, x, batch_sizes);
   auto run = [&](const ForwardPlan& plan) {
     own_layer_fwd(s.L, s.x, s.batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save,
@@ -380,7 +384,8 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
   };
   const bool on_blas = sample_prefers_second(
       LayerChoice::BlasSteps, static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, s.L.T,
-      reverse, L.bias, [&] { run(blocks); }, [&] { run(blas); });
+      reverse, L.bias, blocks.packing, static_cast<double>(L.T) / static_cast<double>(s.L.T),
+      [&] { run(blocks); }, [&] { run(blas); });
   return on_blas ? blas : blocks;
 }
 
@@ -408,11 +413,11 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   const bool step_aten = tiles && bf16_products &&
                          prefer_aten_bf16_step(L.B, grain, GH, L.P, L.T);
   ForwardPlan plan = forced ? *forced : AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
-    if (single) return ForwardPlan{false, false, false};
+    if (single) return ForwardPlan{false, false, false, 0.0};
     const bool may_per_step =
         !step_aten && project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
                                        sizeof(scalar_t));
-    if (bf16_products) return ForwardPlan{false, may_per_step, false};
+    if (bf16_products) return ForwardPlan{false, may_per_step, false, 0.0};
     return plan_forward<scalar_t>(L, grain, tiles, may_per_step);
   });
   if (plan.close)
@@ -570,7 +575,7 @@ bool aten_lstm_faster(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // The sample's views are made only when it runs: a cached choice costs a lookup.
   return sample_prefers_second(
       LayerChoice::AtenLstm, static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H,
-      sample_steps(L.T), reverse, L.bias,
+      sample_steps(L.T), reverse, L.bias, /*first_setup=*/0.0, /*scale=*/1.0,
       [&] {
         const Sample s = first_steps(L, x, batch_sizes);
         own_layer_fwd(s.L, s.x, s.batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, c10::nullopt,

@@ -260,8 +260,9 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
 }
 
 bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int64_t I,
-                           int64_t GH, int64_t steps, bool reverse, bool bias,
-                           c10::function_ref<void()> first, c10::function_ref<void()> second) {
+                           int64_t GH, int64_t steps, bool reverse, bool bias, double first_setup,
+                           double scale, c10::function_ref<void()> first,
+                           c10::function_ref<void()> second) {
   const Key key{choice == LayerChoice::AtenLstm ? kAtenLstm : kBlasSteps, element_size, B, GH, I,
                 reverse, bias, at::get_num_threads(), at::in_parallel_region(), steps};
   const Times t = cached_times(key, [&](int64_t repeats) {
@@ -271,7 +272,8 @@ bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int6
     for (int64_t r = 0; r < repeats; ++r) a += seconds_of(1, first), b += seconds_of(1, second);
     return Times{a, b, 0.0};
   });
-  return t.blas < t.own;
+  const double setup = std::min(first_setup, t.own);
+  return t.blas * scale < setup + (t.own - setup) * scale;
 }
 
 template void blas_gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,

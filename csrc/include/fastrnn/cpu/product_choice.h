@@ -94,14 +94,19 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
 // blocks where the product times alone came out close (plan_forward).
 enum class LayerChoice { AtenLstm, BlasSteps };
 
-// Whether second() runs the sample faster than first(): both run it
-// alternated, the first time this choice, element size, first batch size B,
-// input I, gate columns GH, sample `steps`, direction, bias and thread count
-// are seen (cached_times' repeats), cached; no margin, as the candidates are
-// close or at torch.nn's speed either way. FASTRNN_CPU_PRODUCTS is not
-// consulted (callers pin).
+// Whether second() runs the call faster than first(), from their times on a
+// sample of it: both run the sample alternated the first time this choice,
+// element size, first batch size B, input I, gate columns GH, sample
+// `steps`, direction, bias and thread count are seen (cached_times'
+// repeats), and those times are cached. A call `scale` times the sample's
+// length costs first_setup + (sample - first_setup) * scale for first(),
+// whose one-off cost per call (packing its weights) is first_setup seconds,
+// and sample * scale for second(). No margin: the candidates are close, or
+// at torch.nn's speed either way. FASTRNN_CPU_PRODUCTS is not consulted
+// (callers pin).
 bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int64_t I,
-                           int64_t GH, int64_t steps, bool reverse, bool bias,
-                           c10::function_ref<void()> first, c10::function_ref<void()> second);
+                           int64_t GH, int64_t steps, bool reverse, bool bias, double first_setup,
+                           double scale, c10::function_ref<void()> first,
+                           c10::function_ref<void()> second);
 
 }  // namespace fastrnn::cpu
