@@ -95,10 +95,10 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
 enum class LayerChoice { AtenLstm, BlasSteps };
 
 // Whether second() runs the call faster than first(), from their times on a
-// sample of it: both run the sample alternated the first time this choice,
-// element size, first batch size B, input I, gate columns GH, sample
-// `steps`, direction, bias and thread count are seen (cached_times'
-// repeats), and those times are cached. A call `scale` times the sample's
+// sample of it: both run the sample alternated, each timed by its fastest
+// run over three rounds of >= 5 ms, the first time this choice, element
+// size, first batch size B, input I, gate columns GH, sample `steps`,
+// direction, bias and thread count are seen, and those times are cached. A call `scale` times the sample's
 // length costs first_setup + (sample - first_setup) * scale for first(),
 // whose one-off cost per call (packing its weights) is first_setup seconds,
 // and sample * scale for second(). No margin: the candidates are close, or
