@@ -7,11 +7,17 @@ over its median), then a summary: rows below 1.00x before and after, and the
 lowest ratios. Markdown, for docs/benchmarks.md.
 
     python benchmarks/grid_compare.py BEFORE/results.json AFTER/results.json [--backend cpu]
+
+BEFORE may also be a Markdown file holding a table this script wrote: the
+"after" column of the table under the heading --section (e.g. "## 1 thread" of
+docs/benchmarks-intel.md) is then the before run, so a grid recorded in the docs
+can be compared with a new one without its results.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 
 SHAPE = ("cell", "mode", "input", "dtype", "batch", "hidden", "seq_len", "threads")
@@ -33,13 +39,39 @@ def ratios(path: str, backend: str) -> dict[tuple, tuple[float, float]]:
     return out
 
 
+ROW = re.compile(r"\| (\w+) \| (\w+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| [\d.]+x \| \**([\d.]+)x\** \| (\d+)% \|")
+
+
+def table_ratios(path: str, section: str) -> dict[tuple, tuple[float, float]]:
+    """shape -> (the "after" speedup, its spread) from a table this script wrote,
+    under the heading `section` of a Markdown file."""
+    with open(path) as f:
+        text = f.read()
+    start = text.index(section + "\n")
+    end = text.find("\n#", start + len(section))
+    out = {}
+    for line in text[start : end if end >= 0 else len(text)].splitlines():
+        m = ROW.match(line)
+        if m:
+            cell, mode, b, h, t, threads, ratio, spread = m.groups()
+            out[(cell, mode, int(b), int(h), int(t), int(threads))] = (float(ratio), int(spread) / 100)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--backend", default="cpu")
+    parser.add_argument("--section", help="heading of the table when BEFORE is Markdown")
     args = parser.parse_args()
-    before, after = ratios(args.before, args.backend), ratios(args.after, args.backend)
+    after = ratios(args.after, args.backend)
+    if args.before.endswith(".md"):
+        recorded = table_ratios(args.before, args.section)
+        # The table has no input and dtype columns: one grid's rows.
+        before = {s: recorded[s[:2] + s[4:]] for s in after if s[:2] + s[4:] in recorded}
+    else:
+        before = ratios(args.before, args.backend)
     shapes = [s for s in after if s in before]
     print("| cell | mode | B | H | T | threads | before | after | spread |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -8,6 +8,7 @@ import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,33 @@ def test_timing_interleaves_with_rotating_order():
     rounds = [calls[i : i + 3] for i in range(3, len(calls), 3)]
     assert rounds == [["torch", "a", "b"], ["a", "b", "torch"], ["b", "torch", "a"], ["torch", "a", "b"]]
     assert all(len(t.samples_ms) == 4 and t.median_ms >= 0 for t in result.values())
+
+
+def _grid_json(path, ratio_by_hidden):
+    """A results.json of one row per hidden size: torch 1 ms, cpu 1/ratio ms."""
+    rows = []
+    for hidden, ratio in ratio_by_hidden.items():
+        shape = dict(cell="gru", mode="inference", input="padded", dtype="float32", batch=8,
+                     hidden=hidden, seq_len=16, threads=1)
+        for impl, ms in (("torch", 1.0), ("cpu", 1.0 / ratio)):
+            rows.append(dict(shape, impl=impl, median_ms=ms, q1_ms=0.99 * ms, q3_ms=1.01 * ms))
+    path.write_text(json.dumps({"results": rows}))
+    return str(path)
+
+
+def test_grid_compare_reads_its_own_tables(tmp_path):
+    """benchmarks/grid_compare.py compares two results.json, and a table it wrote
+    (kept in the docs) can stand in for the earlier run: its "after" column is then
+    the new table's "before"."""
+    script = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grid_compare.py")]
+    first = _grid_json(tmp_path / "a.json", {64: 0.9, 256: 1.5})
+    second = _grid_json(tmp_path / "b.json", {64: 1.2, 256: 3.0})
+    third = _grid_json(tmp_path / "c.json", {64: 1.1, 256: 2.0})
+    table = subprocess.run(script + [first, second], capture_output=True, text=True, check=True).stdout
+    assert "| gru | inference | 8 | 64 | 16 | 1 | 0.90x | 1.20x | 2% |" in table
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Grid\n\n## 1 thread\n\n" + table + "\n## 2 threads\n\nnothing\n")
+    again = subprocess.run(script + [str(doc), third, "--section", "## 1 thread"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "| gru | inference | 8 | 64 | 16 | 1 | 1.20x | 1.10x | 2% |" in again
+    assert "| gru | inference | 8 | 256 | 16 | 1 | 3.00x | 2.00x | 2% |" in again
