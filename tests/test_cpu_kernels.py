@@ -397,6 +397,29 @@ def test_lstm_inference_on_aten_lstm(dtype, bidirectional, bias, monkeypatch):
                     torch.testing.assert_close(g, w, atol=atol, rtol=rtol)
 
 
+def test_aten_lstm_learnt_from_calls(monkeypatch):
+    """Unpinned, the first eight inference calls of a new shape alternate
+    between the loop and ATen's LSTM (race_calls: one warm-up and three timed
+    calls each), and every later call runs the one that was faster; either way
+    the outputs match torch.nn."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "auto")
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(13, 17)  # a shape no other test runs
+    ours = fastrnn.LSTM(13, 17)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 13)
+    with torch.no_grad():
+        want = ref(x)[0]
+        on_aten = []
+        for _ in range(12):
+            got = []
+            on_aten.append(ran_aten_lstm(lambda: got.append(ours(x)[0])))
+            atol, rtol = TOLERANCE[torch.float32]
+            torch.testing.assert_close(got[0], want, atol=atol, rtol=rtol)
+    assert on_aten[:8] == [False, True] * 4
+    assert len(set(on_aten[8:])) == 1
+
+
 @pytest.mark.parametrize("case", ["training", "float64", "projection", "packed"])
 def test_aten_lstm_only_for_plain_inference(case, monkeypatch):
     """ATen's LSTM never runs a call it cannot serve as the loop does, even

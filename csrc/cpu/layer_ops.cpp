@@ -332,22 +332,17 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
 }
 
 // A layer's first time steps (as many as fit in min(T, 16), rounded down to a
-// power of two), on which two ways of running it race (LayerChoice): long
-// enough that one-off costs (packing W_hh, oneDNN's weight reorder) weigh
-// about as in a long call. Views of the call's own inputs.
+// power of two), on which raced_plan's two plans race: long enough that the
+// blocks' packing of W_hh weighs about as in a long call. Views of the call's
+// own inputs.
 struct Sample {
   Layer L;
   Tensor x, batch_sizes;
 };
 
-int64_t sample_steps(int64_t T) {
-  int64_t steps = 1;
-  while (steps * 2 <= std::min<int64_t>(T, 16)) steps *= 2;
-  return steps;
-}
-
 Sample first_steps(const Layer& L, const Tensor& x, const Tensor& batch_sizes) {
-  const int64_t steps = sample_steps(L.T);
+  int64_t steps = 1;
+  while (steps * 2 <= std::min<int64_t>(L.T, 16)) steps *= 2;
   const int64_t* bs = batch_sizes.data_ptr<int64_t>();
   Sample s{L, Tensor(), batch_sizes.narrow(0, 0, steps)};
   s.L.T = steps, s.L.N = std::accumulate(bs, bs + steps, int64_t{0});
@@ -383,7 +378,7 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
                   &plan);
   };
   const bool on_blas = sample_prefers_second(
-      LayerChoice::BlasSteps, static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, s.L.T,
+      static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, s.L.T,
       reverse, L.bias, blocks.packing, static_cast<double>(L.T) / static_cast<double>(s.L.T),
       [&] { run(blocks); }, [&] { run(blas); });
   return on_blas ? blas : blocks;
@@ -554,37 +549,17 @@ Forward aten_lstm_fwd(const Layer& L, const Tensor& x, const Tensor& h0, const T
           at::empty({0, workspace::columns(L.mode, L.H)}, x.options().dtype(compute_type(x)))};
 }
 
-// Where an inference LSTM runs faster on ATen's LSTM than on fastrnn's loop,
-// it runs there (LayerChoice::AtenLstm, raced on the first steps). Inference
-// at B = 64 is where oneDNN's LSTM, the gate math fused into its products'
-// register tiles, led the loop on an Intel Xeon (0.89-0.98x of torch.nn, 1
-// thread; docs/benchmarks.md, "Results: CPU, Intel Xeon"). Candidates:
-// float32 and bfloat16 (oneDNN has no float64 LSTM), no projection (nor has
-// it), all steps of B rows (a padded batch; packed sequences of different
-// lengths take ATen's per-step path, which the loop beats), no workspace
-// wanted. FASTRNN_CPU_PRODUCTS pins it: own never, blas always.
-bool aten_lstm_faster(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
-                      const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
-                      const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                      bool reverse, bool save) {
-  if (save || L.mode != Mode::LSTM || L.project || x.scalar_type() == at::kDouble ||
-      L.B == 0 || L.I == 0 || batch_sizes.data_ptr<int64_t>()[L.T - 1] != L.B)
-    return false;
-  bool pinned_aten;
-  if (products_pinned(&pinned_aten)) return pinned_aten;
-  // The sample's views are made only when it runs: a cached choice costs a lookup.
-  return sample_prefers_second(
-      LayerChoice::AtenLstm, static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H,
-      sample_steps(L.T), reverse, L.bias, /*first_setup=*/0.0, /*scale=*/1.0,
-      [&] {
-        const Sample s = first_steps(L, x, batch_sizes);
-        own_layer_fwd(s.L, s.x, s.batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, c10::nullopt,
-                      reverse, false);
-      },
-      [&] {
-        const Sample s = first_steps(L, x, batch_sizes);
-        aten_lstm_fwd(s.L, s.x, h0, *c0, w_ih, w_hh, b_ih, b_hh, reverse);
-      });
+// Whether a call may run on ATen's LSTM instead of fastrnn's loop: an
+// inference LSTM (no workspace wanted), float32 or bfloat16 (oneDNN has no
+// float64 LSTM), without projection (nor has it), every step of B rows (a
+// padded batch; packed sequences of different lengths take ATen's per-step
+// path, which the loop beats). Inference at B = 64 is where oneDNN's LSTM,
+// the gate math fused into its products' register tiles, led the loop on an
+// Intel Xeon (0.89-0.98x of torch.nn, 1 thread; docs/benchmarks.md,
+// "Results: CPU, Intel Xeon").
+bool aten_lstm_candidate(const Layer& L, const Tensor& x, const Tensor& batch_sizes, bool save) {
+  return !save && L.mode == Mode::LSTM && !L.project && x.scalar_type() != at::kDouble &&
+         L.B > 0 && L.I > 0 && batch_sizes.data_ptr<int64_t>()[L.T - 1] == L.B;
 }
 
 Forward layer_fwd(const std::string& mode, const Tensor& x, const Tensor& batch_sizes,
@@ -592,9 +567,19 @@ Forward layer_fwd(const std::string& mode, const Tensor& x, const Tensor& batch_
                   const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
                   bool reverse, bool save) {
   const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
-  if (aten_lstm_faster(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, save))
-    return aten_lstm_fwd(L, x, h0, *c0, w_ih, w_hh, b_ih, b_hh, reverse);
-  return own_layer_fwd(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save);
+  auto own = [&] {
+    return own_layer_fwd(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save);
+  };
+  if (!aten_lstm_candidate(L, x, batch_sizes, save)) return own();
+  auto aten = [&] { return aten_lstm_fwd(L, x, h0, *c0, w_ih, w_hh, b_ih, b_hh, reverse); };
+  // The faster of the two, learnt from this shape's calls (race_calls);
+  // FASTRNN_CPU_PRODUCTS pins it: own never runs ATen's LSTM, blas always.
+  bool pinned_aten;
+  if (products_pinned(&pinned_aten)) return pinned_aten ? aten() : own();
+  Forward out;
+  race_calls(static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, L.T, reverse, L.bias,
+             [&] { out = own(); }, [&] { out = aten(); });
+  return out;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer_bwd(

@@ -49,8 +49,9 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 // transposes, threads, inside a parallel region, time steps of a layer sample)
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t>;
 
-// The extra Product values in the cache key: the layer samples
-// (LayerChoice), a bfloat16 layer's step, the input projection per step (a second product
+// The extra Product values in the cache key: the layer sample of close plans
+// (sample_prefers_second) and race_calls' key (whose races keep their own
+// map), a bfloat16 layer's step, the input projection per step (a second product
 // of the step) and the recurrent step. Each has its own slot in a thread's
 // last-times cache, so that a layer called in a loop, which looks up several
 // of them per call, takes no lock. kProducts: Product's five and these five.
@@ -264,17 +265,14 @@ bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64
   return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
 }
 
-bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int64_t I,
-                           int64_t GH, int64_t steps, bool reverse, bool bias, double first_setup,
-                           double scale, c10::function_ref<void()> first,
-                           c10::function_ref<void()> second) {
-  const Key key{choice == LayerChoice::AtenLstm ? kAtenLstm : kBlasSteps, element_size, B, GH, I,
-                reverse, bias, at::get_num_threads(), at::in_parallel_region(), steps};
+bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t steps,
+                           bool reverse, bool bias, double first_setup, double scale,
+                           c10::function_ref<void()> first, c10::function_ref<void()> second) {
+  const Key key{kBlasSteps, element_size, B, GH, I, reverse, bias, at::get_num_threads(),
+                at::in_parallel_region(), steps};
   // Alternated, so that a change of clock or load reaches both, and each the
   // fastest of its runs: rounds of >= 5 ms, three of them, as a sample of a
-  // small layer lasts ~0.2 ms and one interrupt in a few runs decided it
-  // (the grid once put B = 1, H = 256 LSTM inference on ATen's LSTM, 0.94x of
-  // torch.nn, where the loop runs it at 1.3x).
+  // small layer lasts ~0.2 ms and one interrupt in a few runs could decide.
   const Times t = cached_times(key, [&](int64_t repeats) {
     double a = 1e30, b = 1e30;
     for (int64_t r = 0; r < repeats; ++r) {
@@ -285,6 +283,40 @@ bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int6
   }, /*round_seconds=*/5e-3, /*rounds=*/3);
   const double setup = std::min(first_setup, t.own);
   return t.blas * scale < setup + (t.own - setup) * scale;
+}
+
+void race_calls(int element_size, int64_t B, int64_t I, int64_t GH, int64_t T, bool reverse,
+                bool bias, c10::function_ref<void()> first, c10::function_ref<void()> second) {
+  constexpr int kExploring = 8, kWarmups = 2;  // calls alternating; the first of each untimed
+  int64_t bucket = 1;
+  while (bucket < T) bucket *= 2;
+  const Key key{kAtenLstm, element_size, B, GH, I, reverse, bias, at::get_num_threads(),
+                at::in_parallel_region(), bucket};
+  struct Race {
+    int calls = 0;
+    double best[2] = {1e30, 1e30};
+  };
+  static std::mutex mutex;
+  static std::map<Key, Race> races;
+  int call, pick;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    Race& race = races[key];
+    call = race.calls;
+    if (call < kExploring) {
+      pick = call % 2;
+      ++race.calls;
+    } else {
+      pick = race.best[1] < race.best[0] ? 1 : 0;
+    }
+  }
+  const c10::function_ref<void()> run = pick ? second : first;
+  if (call >= kExploring) return run();
+  const double took = seconds_of(1, run);
+  if (call < kWarmups) return;
+  const std::lock_guard<std::mutex> lock(mutex);
+  double& best = races[key].best[pick];
+  best = std::min(best, took);
 }
 
 template void blas_gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,

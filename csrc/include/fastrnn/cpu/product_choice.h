@@ -88,25 +88,35 @@ void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, co
 // its candidates, packing included. FASTRNN_CPU_PRODUCTS pins it too.
 bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
 
-// A choice between two ways of running a whole layer, made by running both
-// on a sample of it: ATen's LSTM against fastrnn's loop (layer_ops.cpp,
-// aten_lstm_faster), or the loop with its step products on BLAS against the
-// blocks where the product times alone came out close (plan_forward).
-enum class LayerChoice { AtenLstm, BlasSteps };
+// Whether second() runs a layer call faster than first(), from their times
+// on a sample of it (the layer's first steps; plan_forward's close plans in
+// layer_ops.cpp: BLAS steps against the blocks): both run the sample
+// alternated, each timed by its fastest run over three rounds of >= 5 ms,
+// the first time this element size, first batch size B, input I, gate
+// columns GH, sample `steps`, direction, bias and thread count are seen, and
+// those times are cached. A call `scale` times the sample's length costs
+// first_setup + (sample - first_setup) * scale for first(), whose one-off
+// cost per call (packing its weights) is first_setup seconds, and
+// sample * scale for second(). No margin: the candidates are close.
+// FASTRNN_CPU_PRODUCTS is not consulted (callers pin).
+bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t steps,
+                           bool reverse, bool bias, double first_setup, double scale,
+                           c10::function_ref<void()> first, c10::function_ref<void()> second);
 
-// Whether second() runs the call faster than first(), from their times on a
-// sample of it: both run the sample alternated, each timed by its fastest
-// run over three rounds of >= 5 ms, the first time this choice, element
-// size, first batch size B, input I, gate columns GH, sample `steps`,
-// direction, bias and thread count are seen, and those times are cached. A call `scale` times the sample's
-// length costs first_setup + (sample - first_setup) * scale for first(),
-// whose one-off cost per call (packing its weights) is first_setup seconds,
-// and sample * scale for second(). No margin: the candidates are close, or
-// at torch.nn's speed either way. FASTRNN_CPU_PRODUCTS is not consulted
-// (callers pin).
-bool sample_prefers_second(LayerChoice choice, int element_size, int64_t B, int64_t I,
-                           int64_t GH, int64_t steps, bool reverse, bool bias, double first_setup,
-                           double scale, c10::function_ref<void()> first,
-                           c10::function_ref<void()> second);
+// Runs one layer call on first() or on second() (layer_ops.cpp: fastrnn's
+// loop or ATen's LSTM), learning which is faster from the calls of this shape
+// themselves (element size, B, I, GH, T rounded up to a power of two,
+// direction, bias, thread count): the first eight alternate, the first call
+// of each being a warm-up (one-off costs: calibrations, oneDNN generating its
+// kernels), the fastest of its next three counts; every later call runs the
+// faster. Real calls, not a sample, because what runs between them (other
+// layers; torch.nn, in a benchmark) decides how warm the caches are: a
+// sample run back to back found the loop's packed weights still cached and
+// chose it for a bfloat16 B = 1, H = 256 LSTM it then ran at 0.76x of
+// torch.nn (ATen's LSTM 0.95x), and with caches swept before each run chose
+// it at B = 64, H = 64 float32 (0.90x against 0.97x). FASTRNN_CPU_PRODUCTS is
+// not consulted (callers pin).
+void race_calls(int element_size, int64_t B, int64_t I, int64_t GH, int64_t T, bool reverse,
+                bool bias, c10::function_ref<void()> first, c10::function_ref<void()> second);
 
 }  // namespace fastrnn::cpu
