@@ -398,10 +398,10 @@ def test_lstm_inference_on_aten_lstm(dtype, bidirectional, bias, monkeypatch):
 
 
 def test_aten_lstm_learnt_from_calls(monkeypatch):
-    """Unpinned, the first eight inference calls of a new shape alternate
-    between the loop and ATen's LSTM (race_calls: one warm-up and three timed
-    calls each), and every later call runs the one that was faster; either way
-    the outputs match torch.nn."""
+    """Unpinned, the first inference calls of a new shape alternate between
+    the loop and ATen's LSTM (race_calls: one warm-up and up to three timed
+    calls each; four calls when one wins by 10%), and every later call runs
+    the one that was faster; either way the outputs match torch.nn."""
     monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "auto")
     torch.manual_seed(0)
     ref = torch.nn.LSTM(13, 17)  # a shape no other test runs
@@ -416,8 +416,10 @@ def test_aten_lstm_learnt_from_calls(monkeypatch):
             on_aten.append(ran_aten_lstm(lambda: got.append(ours(x)[0])))
             atol, rtol = TOLERANCE[torch.float32]
             torch.testing.assert_close(got[0], want, atol=atol, rtol=rtol)
-    assert on_aten[:8] == [False, True] * 4
-    assert len(set(on_aten[8:])) == 1
+    assert on_aten[:4] == [False, True] * 2
+    settled = on_aten[-1]
+    assert on_aten[4:8] in ([False, True] * 2, [settled] * 4)
+    assert on_aten[8:] == [settled] * 4
 
 
 @pytest.mark.parametrize("case", ["training", "float64", "projection", "packed"])

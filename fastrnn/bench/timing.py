@@ -12,6 +12,12 @@ per implementation from its warm-up so that a sample lasts at least
 median over rounds fixes; timed 50 at a time its spread stays within a few
 percent. Calls that take longer than that run once per sample.
 
+Each implementation is warmed up by WARMUP calls first, as many as fastrnn's
+CPU kernels take to choose between their own loop and ATen's LSTM from a new
+shape's first calls (race_calls in csrc/cpu/product_choice.cpp; cuDNN's
+benchmark mode tunes in its first calls the same way): the timed rounds measure
+what a model's later calls cost.
+
 Rounds continue until at least `min_rounds` are done and `budget_s` seconds of
 measured time are spent, or `max_rounds` are done. While some implementation's
 samples are still scattered (interquartile range over NOISY of the median), they
@@ -33,7 +39,7 @@ from typing import Callable
 
 import torch
 
-WARMUP = 1
+WARMUP = 4
 MIN_ROUNDS = 3
 MAX_ROUNDS = 200
 BUDGET_S = 1.0

@@ -109,7 +109,8 @@ bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, i
 // direction, bias, thread count): the first eight alternate, the first call
 // of each being a warm-up (one-off costs: calibrations, oneDNN generating its
 // kernels), the fastest of its next three counts; every later call runs the
-// faster. Real calls, not a sample, because what runs between them (other
+// faster. Where one is faster by 10% after a timed call each, the race ends
+// there, after four calls. Real calls, not a sample, because what runs between them (other
 // layers; torch.nn, in a benchmark) decides how warm the caches are: a
 // sample run back to back found the loop's packed weights still cached and
 // chose it for a bfloat16 B = 1, H = 256 LSTM it then ran at 0.76x of
