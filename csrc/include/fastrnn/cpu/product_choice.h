@@ -106,11 +106,11 @@ bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, i
 // Runs one layer call on first() or on second() (layer_ops.cpp: fastrnn's
 // loop or ATen's LSTM), learning which is faster from the calls of this shape
 // themselves (element size, B, I, GH, T rounded up to a power of two,
-// direction, bias, thread count): the first eight alternate, the first call
-// of each being a warm-up (one-off costs: calibrations, oneDNN generating its
-// kernels), the fastest of its next three counts; every later call runs the
-// faster. Where one is faster by 10% after a timed call each, the race ends
-// there, after four calls. Real calls, not a sample, because what runs between them (other
+// direction, bias, thread count): the first calls alternate, the first of
+// each being a warm-up (one-off costs: calibrations, oneDNN generating its
+// kernels), until each has had three timed calls lasting 2 ms in all (a call
+// each, where calls take 20 ms and one wins by 10%; 64 each at most); the
+// fastest timed call of each decides, and every later call runs the faster. Real calls, not a sample, because what runs between them (other
 // layers; torch.nn, in a benchmark) decides how warm the caches are: a
 // sample run back to back found the loop's packed weights still cached and
 // chose it for a bfloat16 B = 1, H = 256 LSTM it then ran at 0.76x of
