@@ -340,9 +340,14 @@ struct Sample {
   Tensor x, batch_sizes;
 };
 
-Sample first_steps(const Layer& L, const Tensor& x, const Tensor& batch_sizes) {
+int64_t sample_steps(int64_t T) {
   int64_t steps = 1;
-  while (steps * 2 <= std::min<int64_t>(L.T, 16)) steps *= 2;
+  while (steps * 2 <= std::min<int64_t>(T, 16)) steps *= 2;
+  return steps;
+}
+
+Sample first_steps(const Layer& L, const Tensor& x, const Tensor& batch_sizes) {
+  const int64_t steps = sample_steps(L.T);
   const int64_t* bs = batch_sizes.data_ptr<int64_t>();
   Sample s{L, Tensor(), batch_sizes.narrow(0, 0, steps)};
   s.L.T = steps, s.L.N = std::accumulate(bs, bs + steps, int64_t{0});
@@ -372,14 +377,16 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
                        const OptTensor& w_hr, bool reverse, bool save, ForwardPlan blocks) {
   blocks.close = false;
   const ForwardPlan blas{true, false, false, 0.0};
-  const Sample s = first_steps(L, x, batch_sizes);
+  // The sample's views are made only when it runs: a cached race costs a lookup.
   auto run = [&](const ForwardPlan& plan) {
+    const Sample s = first_steps(L, x, batch_sizes);
     own_layer_fwd(s.L, s.x, s.batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save,
                   &plan);
   };
+  const int64_t steps = sample_steps(L.T);
   const bool on_blas = sample_prefers_second(
-      static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, s.L.T,
-      reverse, L.bias, blocks.packing, static_cast<double>(L.T) / static_cast<double>(s.L.T),
+      static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, steps, reverse, L.bias,
+      blocks.packing, static_cast<double>(L.T) / static_cast<double>(steps),
       [&] { run(blocks); }, [&] { run(blas); });
   return on_blas ? blas : blocks;
 }
@@ -544,7 +551,7 @@ Forward aten_lstm_fwd(const Layer& L, const Tensor& x, const Tensor& h0, const T
                                 /*num_layers=*/1, /*dropout=*/0.0, /*train=*/false,
                                 /*bidirectional=*/false, /*batch_first=*/false);
   if (reverse) y = y.flip(0);
-  return {y.reshape({L.N, L.H}).contiguous(), h_n.squeeze(0).contiguous(),
+  return {y.reshape({L.N, L.H}), h_n.squeeze(0).contiguous(),
           c_n.squeeze(0).contiguous(),
           at::empty({0, workspace::columns(L.mode, L.H)}, x.options().dtype(compute_type(x)))};
 }

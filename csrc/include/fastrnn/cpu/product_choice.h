@@ -110,8 +110,9 @@ bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, i
 // each being a warm-up (one-off costs: calibrations, oneDNN generating its
 // kernels), until each has had three timed calls lasting 2 ms in all (a call
 // each, where calls take 20 ms and one wins by 10%; 64 each at most); the
-// fastest timed call of each decides, and every later call runs the faster. Real calls, not a sample, because what runs between them (other
-// layers; torch.nn, in a benchmark) decides how warm the caches are: a
+// fastest timed call of each decides, and every later call runs the faster.
+// Real calls, not a sample, because what runs between them (other layers;
+// torch.nn, in a benchmark) decides how warm the caches are: a
 // sample run back to back found the loop's packed weights still cached and
 // chose it for a bfloat16 B = 1, H = 256 LSTM it then ran at 0.76x of
 // torch.nn (ATen's LSTM 0.95x), and with caches swept before each run chose
