@@ -329,15 +329,16 @@ BF16_CASES = {  # id: (batch_sizes, threads, hidden)
 }
 
 
-@pytest.mark.parametrize("pin", ["own", "blas"])
+@pytest.mark.parametrize("pin", ["own", "blas", "auto"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("form", list(BF16_CASES))
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
 def test_bfloat16_products(mode, form, reverse, pin, monkeypatch):
     """Outputs and gradients of a bfloat16 layer against the oracle on the same
     bf16-rounded inputs, within the bfloat16 tolerance of this file, with the
-    step products on the bf16 blocks (own) or on ATen's bfloat16 matmul
-    (blas: also the hoisted input projection; product_choice.h). (No
+    step products on the bf16 blocks (own), on ATen's bfloat16 matmul
+    (blas: also the hoisted input projection; product_choice.h) or raced
+    between the two (auto: plan_bf16_forward in layer_ops.cpp). (No
     RNN_RELU: where a pre-activation sits at relu's kink, the kernel's
     bf16-rounded h and the oracle's fp32 h pick different sides, and that
     token's gradient differs by design; RNN_TANH runs the same products.)"""
@@ -353,6 +354,33 @@ def test_bfloat16_products(mode, form, reverse, pin, monkeypatch):
         w_hh = (w.w_hh * (0.5 / (0.4 * hidden ** 0.5))).to(torch.bfloat16).double()
         case = (*case[:5], w._replace(w_hh=w_hh))
     assert_matches_oracle(case, reverse, threads, torch.bfloat16)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_bfloat16_forward_runs_one_raced_plan(mode, monkeypatch):
+    """Unpinned, a bfloat16 forward races its two plans on its first steps
+    and then runs the call on the winner: its outputs equal one pinned plan's
+    bitwise, in training mode (the workspace too) and in inference, whose
+    race is its own."""
+    # Packed (the last step shorter): no ATen LSTM, whose race is another one.
+    case = make_case(mode, sizes=[6] * 19 + [4], hidden=32, input_size=18, dtype=torch.bfloat16)
+    spec, x, sizes, h0, c0, weights = case
+    args = [t.to(torch.bfloat16) if t is not None else None
+            for t in (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh)]
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = args
+    for save in (True, False):
+        def forward():
+            return torch.ops.fastrnn.layer_fwd(mode, x, sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                               None, False, save)
+        pinned = []
+        for pin in ("own", "blas"):
+            monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
+            pinned.append(forward())
+        monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "auto")
+        for _ in range(2):  # the racing call and a call on the settled plan
+            got = forward()
+            assert any(all(torch.equal(g, w) for g, w in zip(got, want)) for want in pinned)
+        assert not all(torch.equal(a, b) for a, b in zip(*pinned)), "the plans must differ"
 
 
 def ran_aten_lstm(fn):

@@ -302,15 +302,16 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
 // 0.84x of torch.nn, BLAS 1.06x): `close` says so, and own_layer_fwd races
 // the two plans on the layer's first steps (raced_plan). FASTRNN_CPU_PRODUCTS
 // pins: own runs the blocks per step where allowed, blas runs BLAS hoisted.
+// bfloat16 layers plan with plan_bf16_forward.
 struct ForwardPlan {
-  bool step_blas, per_step, close;
+  bool step_blas, step_aten, per_step, close;
   double packing;  // seconds the blocks plan spends packing weights per call (close plans)
 };
 
 template <typename S>
 ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per_step) {
   bool blas;
-  if (products_pinned(&blas)) return {tiles && blas, may_per_step && !blas, false, 0.0};
+  if (products_pinned(&blas)) return {tiles && blas, false, may_per_step && !blas, false, 0.0};
   const int64_t GH = L.G * L.H;
   const double T = static_cast<double>(L.T);
   const Times step = step_times<S>(L.B, grain, GH, L.P, /*gate_pass=*/true);
@@ -325,10 +326,27 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
     per_step = in_loop < blocks;
     if (per_step) blocks = in_loop, packing += input.own_setup;
   }
-  if (!tiles) return {false, per_step, false, packing};
+  if (!tiles) return {false, false, per_step, false, packing};
   const double on_blas = T * step.blas + hoisted;
-  if (on_blas * 1.15 < blocks) return {true, false, false, 0.0};
-  return {false, per_step, on_blas < blocks * 1.15, packing};
+  if (on_blas * 1.15 < blocks) return {true, false, false, false, 0.0};
+  return {false, false, per_step, on_blas < blocks * 1.15, packing};
+}
+
+// Where a bfloat16 layer's products run (bf16 operands, batch tiles): on the
+// bf16 blocks (small_gemm_bf16, W_hh and, per step, W_ih packed per call) or
+// on ATen's bfloat16 matmul (aten_bf16_product: oneDNN, AMX tiles where the
+// CPU has them), the step products and one hoisted projection. Always raced
+// on the layer's first steps (raced_plan): timing the step product alone
+// chose the blocks for an RNN at B = 8, H = 1024, where the loop, which also
+// streams the packed W_ih every step, ran 0.57x of torch.nn and ATen's
+// matmul 1.02x. FASTRNN_CPU_PRODUCTS pins: own the blocks, blas ATen's matmul.
+ForwardPlan plan_bf16_forward(const Layer& L, bool tiles, bool may_per_step) {
+  const ForwardPlan blocks{false, false, may_per_step, false, 0.0};
+  bool aten;
+  if (!tiles) return blocks;
+  if (products_pinned(&aten)) return aten ? ForwardPlan{false, true, false, false, 0.0} : blocks;
+  return {false, false, may_per_step, true,
+          bf16_packing_seconds(L.G * L.H, L.P, may_per_step ? L.I : 0)};
 }
 
 // A layer's first time steps (as many as fit in min(T, 16), rounded down to a
@@ -366,17 +384,18 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
                       const OptTensor& w_hr, bool reverse, bool save,
                       const ForwardPlan* forced = nullptr);
 
-// plan_forward's blocks plan or BLAS steps, whichever runs the call faster
-// (sample_prefers_second), for a plan whose times came out close: both run
-// the layer's first steps, and the blocks' packing, paid once per call, is
-// not scaled with the call's length (at B = 64, H = 1024 it costs about one
-// step, 6% of a 16-step sample).
+// A close plan's blocks or its alternative (BLAS steps; ATen's bfloat16
+// matmul for a bfloat16 layer), whichever runs the call faster
+// (sample_prefers_second): both run the layer's first steps, and the blocks'
+// packing, paid once per call, is not scaled with the call's length (at
+// B = 64, H = 1024 it costs about one step, 6% of a 16-step sample).
 ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
                        const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                        const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                       const OptTensor& w_hr, bool reverse, bool save, ForwardPlan blocks) {
+                       const OptTensor& w_hr, bool reverse, bool save, ForwardPlan blocks,
+                       bool bf16) {
   blocks.close = false;
-  const ForwardPlan blas{true, false, false, 0.0};
+  const ForwardPlan other{!bf16, bf16, false, false, 0.0};
   // The sample's views are made only when it runs: a cached race costs a lookup.
   auto run = [&](const ForwardPlan& plan) {
     const Sample s = first_steps(L, x, batch_sizes);
@@ -387,8 +406,8 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
   const bool on_blas = sample_prefers_second(
       static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, steps, reverse, L.bias,
       blocks.packing, static_cast<double>(L.T) / static_cast<double>(steps),
-      [&] { run(blocks); }, [&] { run(blas); });
-  return on_blas ? blas : blocks;
+      [&] { run(blocks); }, [&] { run(other); });
+  return on_blas ? other : blocks;
 }
 
 Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
@@ -410,21 +429,19 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t grain = (L.B + threads - 1) / threads;
   const bool tiles = !single && scratch_copies(dims, ct) == 1;
-  // A bfloat16 layer's step product through ATen's bfloat16 matmul where that
-  // measured faster (on AMX: 4x the bf16 blocks at B = 64, H = 256).
-  const bool step_aten = tiles && bf16_products &&
-                         prefer_aten_bf16_step(L.B, grain, GH, L.P, L.T);
   ForwardPlan plan = forced ? *forced : AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
-    if (single) return ForwardPlan{false, false, false, 0.0};
-    const bool may_per_step =
-        !step_aten && project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
-                                       sizeof(scalar_t));
-    if (bf16_products) return ForwardPlan{false, may_per_step, false, 0.0};
+    if (single) return ForwardPlan{false, false, false, false, 0.0};
+    const bool may_per_step = project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
+                                               sizeof(scalar_t));
+    if (bf16_products) return plan_bf16_forward(L, tiles, may_per_step);
     return plan_forward<scalar_t>(L, grain, tiles, may_per_step);
   });
   if (plan.close)
-    plan = raced_plan(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save, plan);
-  const bool step_blas = plan.step_blas, per_step = plan.per_step;
+    plan = raced_plan(L, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save, plan,
+                      bf16_products);
+  // A bfloat16 layer's step products through ATen's bfloat16 matmul (on AMX
+  // 4x the bf16 blocks at B = 64, H = 256).
+  const bool step_blas = plan.step_blas, step_aten = plan.step_aten, per_step = plan.per_step;
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
   const Tensor xc = fp32_input ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input ? in_compute(w_ih, ct) : Tensor();

@@ -50,13 +50,13 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t>;
 
 // The extra Product values in cached_times' key: the layer sample of close
-// plans (sample_prefers_second), a bfloat16 layer's step, the input
+// plans (sample_prefers_second), a bfloat16 layer's packing, the input
 // projection per step (a second product of the step) and the recurrent step.
 // Each has its own slot in a thread's last-times cache, so that a layer
 // called in a loop, which looks up several of them per call, takes no lock.
 // kProducts: Product's five and these four. kAtenLstm keys race_calls, which
 // keeps its own races.
-constexpr int kAtenLstm = -5, kBlasSteps = -4, kBf16Step = -3, kInputStep = -2,
+constexpr int kAtenLstm = -5, kBlasSteps = -4, kBf16Packing = -3, kInputStep = -2,
               kRecurrentStep = -1;
 constexpr size_t kProducts = 9;
 
@@ -244,26 +244,19 @@ void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, co
   from_bf16_row(reinterpret_cast<const uint16_t*>(product.data_ptr<at::BFloat16>()), out, rows * n);
 }
 
-bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps) {
-  bool aten;
-  if (products_pinned(&aten)) return aten;
-  const Key key{kBf16Step, 2, B, n, K, false, true, at::get_num_threads(),
+double bf16_packing_seconds(int64_t n, int64_t P, int64_t I) {
+  const Key key{kBf16Packing, 2, I, n, P, false, true, at::get_num_threads(),
                 at::in_parallel_region(), 0};
   std::vector<uint16_t> w, packed;
-  auto pack = [&] {
-    if (w.empty()) w.assign(n * K, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
-    pack_transposed_bf16(w.data(), K, n, packed.data());
-  };
-  const Times t = tile_times<uint16_t, float>(
-      key, B, grain, n, K, uint16_t{0x3f00}, /*gate_pass=*/true, pack,  // h = 0.5
-      [&](bool on_aten, int64_t rows, const uint16_t* h, float* out) {
-        if (on_aten) {
-          aten_bf16_product(rows, n, K, h, w.data(), out);
-        } else {
-          small_gemm_bf16(rows, h, K, PackedBf16{packed.data(), K, n}, 0, K, out, n, false);
-        }
-      });
-  return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
+  const Times t = cached_times(key, [&](int64_t repeats) {
+    if (w.empty()) w.assign(n * std::max(P, I), 0x3e80), packed.resize(packed_size_bf16(std::max(P, I), n));  // 0.25
+    const double pack = seconds_of(repeats, [&] {
+      pack_transposed_bf16(w.data(), P, n, packed.data());
+      if (I > 0) pack_transposed_bf16(w.data(), I, n, packed.data());
+    });
+    return Times{pack, pack, pack};
+  });
+  return t.own;
 }
 
 bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t steps,

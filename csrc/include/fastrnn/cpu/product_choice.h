@@ -82,11 +82,12 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
 void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
                        float* out);
 
-// Whether a bfloat16 layer's `steps` step products run faster on ATen's
-// bfloat16 matmul (aten_bf16_product) than on small_gemm_bf16 with a W_hh
-// packed once per call (small_gemm_bf16.h), both timed as step_times times
-// its candidates, packing included. FASTRNN_CPU_PRODUCTS pins it too.
-bool prefer_aten_bf16_step(int64_t B, int64_t grain, int64_t n, int64_t K, int64_t steps);
+// Seconds to pack a bfloat16 layer's W_hh (n, P) and, unless I = 0, W_ih
+// (n, I) for small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h): the
+// one-off cost per call of a bfloat16 loop on the blocks, which raced_plan
+// (layer_ops.cpp) does not scale with the call's length. Measured once per
+// shape and thread count.
+double bf16_packing_seconds(int64_t n, int64_t P, int64_t I);
 
 // Whether second() runs a layer call faster than first(), from their times
 // on a sample of it (the layer's first steps; plan_forward's close plans in
