@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 bash .ci/install
-export OMP_NUM_THREADS=1
 # One pytest worker per core (pytest-xdist); each test runs with one intra-op
-# thread (tests/conftest.py) unless it asks for more.
+# thread (tests/conftest.py) unless it asks for more. Counted before the
+# export below: GNU nproc reports OMP_NUM_THREADS when it is set.
 JOBS=${FASTRNN_TEST_JOBS:-$(nproc)}
+export OMP_NUM_THREADS=1
 "$PY" -m pytest tests -q -p no:cacheprovider -n "$JOBS" "$@"
 # The same parity suite again on the Triton kernels, interpreted on the CPU.
 TRITON_INTERPRET=1 FASTRNN_BACKEND=triton "$PY" -m pytest -q -p no:cacheprovider -n "$JOBS" \

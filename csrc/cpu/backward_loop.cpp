@@ -108,11 +108,21 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
     // Hidden side of GRU is [d r | d z | d h_n]: columns 0..2H and 3H..4H of dg.
     if constexpr (bf16) {
       const uint16_t* g16 = a.bf16.dg + (n0 - a.row0) * dgc;
+      const auto& fn = a.step_product;
+      const bool through_fn = fn.fn_bf16 != nullptr && part.o0 == 0 && part.o1 == P;
+      // dh (+)= dg columns [col, col + K) @ W_hh rows [w_row0, w_row0 + K)
+      auto product = [&](int64_t col, int64_t w_row0, int64_t K, bool accumulate) {
+        if (through_fn) {
+          fn.fn_bf16(fn.ctx, live, g16 + col, dgc, w_row0, K, dh_out, accumulate);
+        } else {
+          small_gemm_bf16(live, g16 + col, dgc, whh16, w_row0, K, dh_out, P, accumulate);
+        }
+      };
       if constexpr (M == Mode::GRU) {
-        small_gemm_bf16(live, g16, dgc, whh16, 0, 2 * H, dh_out, P, /*accumulate=*/true);
-        small_gemm_bf16(live, g16 + 3 * H, dgc, whh16, 2 * H, H, dh_out, P, true);
+        product(0, 0, 2 * H, /*accumulate=*/true);
+        product(3 * H, 2 * H, H, true);
       } else {
-        small_gemm_bf16(live, g16, dgc, whh16, 0, GH, dh_out, P, /*accumulate=*/false);
+        product(0, 0, GH, /*accumulate=*/false);
       }
     } else {
       const S* dg0 = a.dg + (n0 - a.row0) * dgc;

@@ -223,6 +223,19 @@ void blas_step(const void* ctx, int64_t rows, const S* h, S* out) {
   blas_gemm<S>(rows, w.GH, w.P, h, w.P, false, w.w, true, out, w.GH, false);
 }
 
+// BackwardArgs::step_product::fn_bf16 through ATen's bfloat16 matmul; ctx
+// is W_hh's bfloat16 bits (G*H, P) as StepWeights::w16.
+template <typename S>
+void aten_bf16_backward_step(const void* ctx, int64_t rows, const uint16_t* g, int64_t ld,
+                             int64_t w_row0, int64_t K, S* out, bool accumulate) {
+  if constexpr (std::is_same_v<S, float>) {
+    const auto& w = *static_cast<const StepWeights<S>*>(ctx);
+    aten_bf16_product_nn(rows, w.P, K, g, ld, w.w16 + w_row0 * w.P, out, accumulate);
+  } else {
+    TORCH_CHECK(false, "fastrnn: bfloat16 step products compute in float");
+  }
+}
+
 // ForwardArgs::step_product::fn_bf16 through ATen's bfloat16 matmul.
 template <typename S>
 void aten_bf16_step(const void* ctx, int64_t rows, const uint16_t* h, S* out) {
@@ -338,8 +351,9 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
 // CPU has them), the step products and one hoisted projection. Always raced
 // on the layer's first steps (raced_plan): timing the step product alone
 // chose the blocks for an RNN at B = 8, H = 1024, where the loop, which also
-// streams the packed W_ih every step, ran 0.57x of torch.nn and ATen's
-// matmul 1.02x. FASTRNN_CPU_PRODUCTS pins: own the blocks, blas ATen's matmul.
+// streams the packed W_ih every step, ran 0.64x of torch.nn and ATen's
+// matmul 1.02-1.11x. FASTRNN_CPU_PRODUCTS pins: own the blocks, blas ATen's
+// matmul.
 ForwardPlan plan_bf16_forward(const Layer& L, bool tiles, bool may_per_step) {
   const ForwardPlan blocks{false, false, may_per_step, false, 0.0};
   bool aten;
@@ -403,11 +417,11 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
                   &plan);
   };
   const int64_t steps = sample_steps(L.T);
-  const bool on_blas = sample_prefers_second(
+  const bool on_other = sample_prefers_second(
       static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, steps, reverse, L.bias,
       blocks.packing, static_cast<double>(L.T) / static_cast<double>(steps),
       [&] { run(blocks); }, [&] { run(other); });
-  return on_blas ? other : blocks;
+  return on_other ? other : blocks;
 }
 
 Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
@@ -705,7 +719,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
         L.project ? packed<S>(in_compute(*w_hr, ct), L.P, H, false, whr_storage)
                   : Packed<S>{nullptr, 0, 0},
         ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), ptr(dh_cell),
-        bf16, 0, 0, 0};
+        bf16, 0, 0, 0, {}};
+    // The bf16 step product on ATen's bfloat16 matmul where measured faster
+    // (batch tiles: every part computes every column).
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const StepWeights<S> step_weights{nullptr, bf16_loop ? bits(w_hh) : nullptr, GH, L.P};
+    if (bf16_loop && scratch_copies(dims, ct) == 1 &&
+        prefer_aten_bf16_backward_step(L.B, (L.B + threads - 1) / threads, L.P, GH, L.T))
+      args.step_product = {&aten_bf16_backward_step<S>, &step_weights};
     // Each product on the blocks or on BLAS, as measured for this machine
     // (product_choice.h), for the rows of the largest range.
     int64_t range_rows = 0;

@@ -50,15 +50,16 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t>;
 
 // The extra Product values in cached_times' key: the layer sample of close
-// plans (sample_prefers_second), a bfloat16 layer's packing, the input
+// plans (sample_prefers_second), the bfloat16 backward's step, a bfloat16
+// layer's packing, the input
 // projection per step (a second product of the step) and the recurrent step.
 // Each has its own slot in a thread's last-times cache, so that a layer
 // called in a loop, which looks up several of them per call, takes no lock.
-// kProducts: Product's five and these four. kAtenLstm keys race_calls, which
+// kProducts: Product's five and these five. kAtenLstm keys race_calls, which
 // keeps its own races.
-constexpr int kAtenLstm = -5, kBlasSteps = -4, kBf16Packing = -3, kInputStep = -2,
-              kRecurrentStep = -1;
-constexpr size_t kProducts = 9;
+constexpr int kAtenLstm = -6, kBf16BackStep = -5, kBlasSteps = -4, kBf16Packing = -3,
+              kInputStep = -2, kRecurrentStep = -1;
+constexpr size_t kProducts = 10;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time: one warm-up, then the best of
@@ -70,7 +71,7 @@ Times cached_times(const Key& key, const Measure& time_both, double round_second
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBlasSteps)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16BackStep)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -242,6 +243,42 @@ void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, co
   const at::Tensor wv = at::from_blob(const_cast<uint16_t*>(w), {n, K}, bf16);
   const at::Tensor product = at::mm(hv, wv.t());
   from_bf16_row(reinterpret_cast<const uint16_t*>(product.data_ptr<at::BFloat16>()), out, rows * n);
+}
+
+void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g, int64_t ldg,
+                          const uint16_t* w, float* out, bool accumulate) {
+  if (rows <= 0) return;
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+  const at::Tensor gv = at::from_blob(const_cast<uint16_t*>(g), {rows, K}, {ldg, 1}, bf16);
+  const at::Tensor wv = at::from_blob(const_cast<uint16_t*>(w), {K, n}, bf16);
+  const at::Tensor product = at::mm(gv, wv);
+  const auto* p = reinterpret_cast<const uint16_t*>(product.data_ptr<at::BFloat16>());
+  if (!accumulate) return from_bf16_row(p, out, rows * n);
+  for (int64_t i = 0; i < rows * n; ++i)
+    out[i] += static_cast<float>(c10::BFloat16(p[i], c10::BFloat16::from_bits()));
+}
+
+bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,
+                                    int64_t steps) {
+  bool aten;
+  if (products_pinned(&aten)) return aten;
+  const Key key{kBf16BackStep, 2, B, n, K, false, false, at::get_num_threads(),
+                at::in_parallel_region(), 0};
+  std::vector<uint16_t> w, packed;
+  auto pack = [&] {
+    if (w.empty()) w.assign(K * n, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
+    pack_bf16(w.data(), K, n, packed.data());
+  };
+  const Times t = tile_times<uint16_t, float>(
+      key, B, grain, n, K, uint16_t{0x3f00}, /*gate_pass=*/true, pack,  // dG = 0.5
+      [&](bool on_aten, int64_t rows, const uint16_t* g, float* out) {
+        if (on_aten) {
+          aten_bf16_product_nn(rows, n, K, g, K, w.data(), out, false);
+        } else {
+          small_gemm_bf16(rows, g, K, PackedBf16{packed.data(), K, n}, 0, K, out, n, false);
+        }
+      });
+  return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
 }
 
 double bf16_packing_seconds(int64_t n, int64_t P, int64_t I) {

@@ -82,6 +82,20 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
 void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
                        float* out);
 
+// out (rows, n) fp32 (+)= g (rows, K; row stride ldg) @ w (K, n) for bfloat16 g
+// and w, through ATen's bfloat16 matmul, the product rounded to bfloat16 as
+// aten_bf16_product's: the backward's step product dh = dG @ W_hh.
+void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g, int64_t ldg,
+                          const uint16_t* w, float* out, bool accumulate);
+
+// Whether the bfloat16 backward's step products dh (B, n) = dG (B, K) @ W_hh
+// run faster on aten_bf16_product_nn than on small_gemm_bf16 with W_hh packed
+// once per call (pack_bf16), both timed as step_times times its candidates,
+// packing included, for `steps` steps. FASTRNN_CPU_PRODUCTS pins it too. On
+// the Intel Xeon (AMX) at 64 rows ATen's runs ~450 GFLOP/s, the blocks ~70.
+bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,
+                                    int64_t steps);
+
 // Seconds to pack a bfloat16 layer's W_hh (n, P) and, unless I = 0, W_ih
 // (n, I) for small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h): the
 // one-off cost per call of a bfloat16 loop on the blocks, which raced_plan

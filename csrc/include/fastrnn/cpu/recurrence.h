@@ -127,6 +127,17 @@ struct BackwardArgs {
   // Calls over consecutive ranges from the end carry dh and dc between them,
   // so the caller can consume dg range by range (layer_ops.cpp).
   int64_t s_begin, s_end, row0;
+  // When fn_bf16 is set, a bf16 step product of a part that computes every
+  // column (batch tiles, not hidden slices) runs through it instead of
+  // bf16.whh: fn_bf16(ctx, rows, g (rows, K) bf16 with row stride ld, w_row0,
+  // K, out (rows, P), accumulate) computes out (+)= g @ W_hh[w_row0 :
+  // w_row0 + K] (ATen's bfloat16 matmul, where product_choice.h measured it
+  // faster).
+  struct StepProduct {
+    void (*fn_bf16)(const void* ctx, int64_t rows, const uint16_t* g, int64_t ld,
+                    int64_t w_row0, int64_t K, S* out, bool accumulate);
+    const void* ctx;
+  } step_product;
 };
 
 template <typename S>
