@@ -141,7 +141,8 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
 template <typename S>
 void backward_loop(const LayerDims& d, const BackwardArgs<S>& a) {
   const Steps steps(d);
-  for_each_part<S>(d, a.bf16.whh.data != nullptr, [&](auto mode, auto bf16, const Part& part) {
+  const bool bf16 = a.bf16.whh.data != nullptr || a.step_product.fn_bf16 != nullptr;
+  for_each_part<S>(d, bf16, [&](auto mode, auto bf16, const Part& part) {
     backward_part<S, decltype(mode)::value, decltype(bf16)::value>(d, steps, a, part);
   });
 }

@@ -707,11 +707,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     Tensor whh_storage, whr_storage, whh16_storage, wih_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
     typename BackwardArgs<S>::Bf16Operands bf16{};
-    if (bf16_loop) {
+    // The bf16 step product on ATen's bfloat16 matmul where measured faster
+    // (batch tiles: every part computes every column); W_hh is then not packed.
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    const bool step_aten =
+        bf16_loop && scratch_copies(dims, ct) == 1 &&
+        prefer_aten_bf16_backward_step(L.B, (L.B + threads - 1) / threads, L.P, GH, L.T);
+    if (bf16_loop && !step_aten) {
       whh16_storage = at::empty({packed_size_bf16(GH, L.P)}, w_hh.options());
       pack_bf16(bits(w_hh), GH, L.P, bits(whh16_storage));
-      bf16 = {PackedBf16{bits(whh16_storage), GH, L.P}, bits(dg16)};
     }
+    if (bf16_loop) bf16 = {PackedBf16{step_aten ? nullptr : bits(whh16_storage), GH, L.P}, bits(dg16)};
     BackwardArgs<S> args{
         ptr(gy), ptr(yc), ptr(h0c), ptr(c0c), ptr(workspace),
         single || bf16_loop ? Packed<S>{nullptr, GH, L.P}
@@ -720,13 +726,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
                   : Packed<S>{nullptr, 0, 0},
         ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), ptr(dh_cell),
         bf16, 0, 0, 0, {}};
-    // The bf16 step product on ATen's bfloat16 matmul where measured faster
-    // (batch tiles: every part computes every column).
-    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-    const StepWeights<S> step_weights{nullptr, bf16_loop ? bits(w_hh) : nullptr, GH, L.P};
-    if (bf16_loop && scratch_copies(dims, ct) == 1 &&
-        prefer_aten_bf16_backward_step(L.B, (L.B + threads - 1) / threads, L.P, GH, L.T))
-      args.step_product = {&aten_bf16_backward_step<S>, &step_weights};
+    const StepWeights<S> step_weights{nullptr, step_aten ? bits(w_hh) : nullptr, GH, L.P};
+    if (step_aten) args.step_product = {&aten_bf16_backward_step<S>, &step_weights};
     // Each product on the blocks or on BLAS, as measured for this machine
     // (product_choice.h), for the rows of the largest range.
     int64_t range_rows = 0;

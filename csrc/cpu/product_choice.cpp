@@ -286,7 +286,8 @@ double bf16_packing_seconds(int64_t n, int64_t P, int64_t I) {
                 at::in_parallel_region(), 0};
   std::vector<uint16_t> w, packed;
   const Times t = cached_times(key, [&](int64_t repeats) {
-    if (w.empty()) w.assign(n * std::max(P, I), 0x3e80), packed.resize(packed_size_bf16(std::max(P, I), n));  // 0.25
+    const int64_t K = std::max(P, I);
+    if (w.empty()) w.assign(n * K, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
     const double pack = seconds_of(repeats, [&] {
       pack_transposed_bf16(w.data(), P, n, packed.data());
       if (I > 0) pack_transposed_bf16(w.data(), I, n, packed.data());
