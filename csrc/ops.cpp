@@ -11,11 +11,21 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// `import fastrnn._C` only needs to load this library (which runs the
-// registrations below); the module itself is empty.
+#include "fastrnn/cpu/small_gemm_bf16.h"
+
+// `import fastrnn._C` loads this library, which runs the registrations below.
+// The module holds one build fact: cpu_bf16_products, whether bfloat16 CPU
+// layers have bf16 dot-product blocks (AVX512-BF16 at build time) or run
+// the float32 loop on widened operands.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
+  PyObject* m = PyModule_Create(&module);
+  if (m != nullptr &&
+      PyModule_AddIntConstant(m, "cpu_bf16_products", fastrnn::cpu::kBf16Products) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }
 
 TORCH_LIBRARY(fastrnn, m) {

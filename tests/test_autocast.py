@@ -120,8 +120,9 @@ def test_cpu_autocast_matches_torch(name, kwargs, form, with_hx, input_dtype, lo
     ref, ours = make(torch.nn, name, kwargs), make(fastrnn, name, kwargs)
     x, hx = inputs(name, kwargs, dtype, with_hx)
     if torch_raises(ref, x, hx, "cpu", low, packed):
-        # torch.nn's oneDNN LSTM has no fp16 kernel for fp32 input; fastrnn runs
-        # it (in fp32, rounded to fp16) and returns fp16 as torch.nn's other paths do.
+        # torch.nn's oneDNN LSTM has no fp16 kernel for fp32 input, nor a bf16
+        # one on a CPU without AVX-512 (AMD Zen 1-3); fastrnn runs it (in fp32,
+        # rounded to the low dtype) and returns it as torch.nn's other paths do.
         outs, grads, _, _ = forward_backward(ours, x, hx, "cpu", low, packed)
         assert dtypes(outs) == [low] * len(outs)
         return
@@ -175,7 +176,12 @@ def test_loop_casts_weights_at_most_once_per_region(name, native):
         return dtypes(flat(out))
 
     counter = CastCounter(shapes)
-    assert loop(module, counter) == loop(make(torch.nn, name, {}))
+    got = loop(module, counter)
+    try:
+        want = loop(make(torch.nn, name, {}))
+    except RuntimeError:  # oneDNN's bf16 LSTM needs AVX-512 (test_cpu_autocast_matches_torch)
+        want = [torch.bfloat16] * len(got)
+    assert got == want
     assert counter.casts == (0 if cell else len(shapes))
 
 
