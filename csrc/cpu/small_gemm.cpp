@@ -3,12 +3,15 @@
 // A block of R rows x NB vectors of C lives in R*NB SIMD registers for the
 // whole reduction; each k loads NB vectors of the packed right operand once and
 // reuses them for all R rows (one broadcast of A[r, k] each). The right
-// operand streams from L2 at 64/R bytes per FMA, so tall blocks pay: up to
-// 14 rows x 2 vectors, 28 of AVX-512's 32 registers, beside the 2 loads. On
-// an Intel Xeon (1 thread, same process, alternated) 14-row blocks ran the
-// B = 64 step products 5-12 % faster than 8-row ones (64 x 1024 x 4096: 104
-// against 99 GFLOP/s; 64 x 256 x 1024: 160 against 143), and whole-operand
-// products (4096 rows) 7-12 % faster.
+// operand streams from L2 at 64/R bytes per FMA, so tall blocks pay, up to
+// the register file: with AVX-512's 32 registers, 14 rows x 2 vectors (28
+// accumulators beside the 2 loads). On an Intel Xeon (1 thread, same
+// process, alternated) 14-row blocks ran the B = 64 step products 5-12 %
+// faster than 8-row ones (64 x 1024 x 4096: 104 against 99 GFLOP/s;
+// 64 x 256 x 1024: 160 against 143), and whole-operand products (4096 rows)
+// 7-12 % faster. AVX2 has 16 registers: 6 rows x 2 vectors, 12 accumulators
+// (the 6 x 16 float tile of BLIS's Haswell kernel); there 14-row blocks spilled
+// their accumulators to the stack every k.
 #include "fastrnn/cpu/small_gemm.h"
 
 #include <ATen/Parallel.h>
@@ -22,7 +25,24 @@ namespace {
 
 using at::vec::Vectorized;
 
-constexpr int kMaxRows = 14;
+// SIMD registers of the instruction set compiled for (-march=native).
+#if defined(__AVX512F__)
+constexpr int kRegisters = 32;
+#else
+constexpr int kRegisters = 16;
+#endif
+constexpr int kMaxRows = kRegisters == 32 ? 14 : 6;
+
+// Vectors per block row for R rows: a block holds R*NB accumulators, the NB
+// loaded vectors and one broadcast. 32 registers: the widths measured on the
+// Xeon; 16: the widest of 8, 4, 3, 2 that fits.
+template <int R>
+constexpr int block_width() {
+  if constexpr (kRegisters == 32) return R <= 2 ? 8 : R <= 4 ? 4 : R <= 6 ? 3 : 2;
+  for (int nb : {8, 4, 3, 2})
+    if (R * nb + nb + 1 <= kRegisters) return nb;
+  return 1;
+}
 
 // C[0:R, 0:n_valid] (+)= op(A)[0:R, 0:K] @ (NB panels at Bp); Bp points at row
 // k0 of the block's first panel, panels are panel_stride elements apart, C at
@@ -75,7 +95,7 @@ int64_t blocks(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t 
 template <typename S, int R, bool AT>
 void row_block(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t K, S* C,
                int64_t ldc, bool accumulate) {
-  constexpr int NB = R <= 2 ? 8 : R <= 4 ? 4 : R <= 6 ? 3 : 2;
+  constexpr int NB = block_width<R>();
   int64_t p = blocks<S, R, NB, AT>(A, lda, B, k0, K, C, ldc, accumulate, 0);
   if constexpr (NB > 4) p = blocks<S, R, 4, AT>(A, lda, B, k0, K, C, ldc, accumulate, p);
   if constexpr (NB > 2) p = blocks<S, R, 2, AT>(A, lda, B, k0, K, C, ldc, accumulate, p);
