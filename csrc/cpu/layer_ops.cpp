@@ -587,17 +587,34 @@ Forward aten_lstm_fwd(const Layer& L, const Tensor& x, const Tensor& h0, const T
           at::empty({0, workspace::columns(L.mode, L.H)}, x.options().dtype(compute_type(x)))};
 }
 
+// Whether ATen runs a bfloat16 LSTM on oneDNN on this CPU (AVX-512 and
+// newer). Elsewhere it takes its per-step path, whose bfloat16 matmul ran at
+// 0.13-0.7 GFLOP/s on an AMD EPYC with AVX2 (fp32: 7-17): one such call can
+// outlast minutes of the loop, so it is not raced at all. The answer is
+// ATen's own (the op behind torch.backends.mkldnn's check); a torch without
+// that op leaves the choice to the race.
+bool onednn_bf16() {
+  static const bool yes = [] {
+    const auto op = c10::Dispatcher::singleton().findOp({"mkldnn::_is_mkldnn_bf16_supported", ""});
+    return !op || op->typed<bool()>().call();
+  }();
+  return yes;
+}
+
 // Whether a call may run on ATen's LSTM instead of fastrnn's loop: an
-// inference LSTM (no workspace wanted), float32 or bfloat16 (oneDNN has no
-// float64 LSTM), without projection (nor has it), every step of B rows (a
+// inference LSTM (no workspace wanted), float32, or bfloat16 where oneDNN
+// runs it (onednn_bf16; oneDNN has no float64 LSTM), without projection
+// (nor has it), every step of B rows (a
 // padded batch; packed sequences of different lengths take ATen's per-step
 // path, which the loop beats). Inference at B = 64 is where oneDNN's LSTM,
 // the gate math fused into its products' register tiles, led the loop on an
 // Intel Xeon (0.89-0.98x of torch.nn, 1 thread; docs/benchmarks.md,
 // "Results: CPU, Intel Xeon").
 bool aten_lstm_candidate(const Layer& L, const Tensor& x, const Tensor& batch_sizes, bool save) {
-  return !save && L.mode == Mode::LSTM && !L.project && x.scalar_type() != at::kDouble &&
-         L.B > 0 && L.I > 0 && batch_sizes.data_ptr<int64_t>()[L.T - 1] == L.B;
+  const auto dtype = x.scalar_type();
+  return !save && L.mode == Mode::LSTM && !L.project &&
+         (dtype == at::kFloat || (dtype == at::kBFloat16 && onednn_bf16())) && L.B > 0 &&
+         L.I > 0 && batch_sizes.data_ptr<int64_t>()[L.T - 1] == L.B;
 }
 
 Forward layer_fwd(const std::string& mode, const Tensor& x, const Tensor& batch_sizes,
