@@ -200,7 +200,9 @@ def test_timing_repeats_short_calls_within_a_sample():
     result = timing.measure({"short": step("short", 0.001), "long": step("long", 0.006)}, "cpu",
                             budget_s=0.0, min_rounds=3, max_rounds=3, warmup=1, min_sample_ms=5.0)
     assert counts["long"] == 1 + 3
-    assert 1 + 3 * 3 <= counts["short"] <= 1 + 3 * 5  # sleep(1 ms) lasts 1 ms or a little more
+    # sleep(1 ms) lasts 1 ms or more: up to 2.5 ms on a loaded machine (seen
+    # beside a CUDA build), still two calls per sample.
+    assert 1 + 3 * 2 <= counts["short"] <= 1 + 3 * 5
     assert all(1.0 <= ms < 3.0 for ms in result["short"].samples_ms)
     assert all(ms >= 6.0 for ms in result["long"].samples_ms)
 
