@@ -401,14 +401,14 @@ def ran_aten_lstm(fn):
 def test_lstm_inference_on_aten_lstm(dtype, bidirectional, bias, monkeypatch):
     """An inference LSTM runs on ATen's LSTM where that measured faster
     (prefer_aten_lstm; pinned here: blas always, own never): pinned to it,
-    outputs and final states equal torch.nn's bitwise on the time-major
-    sequence fastrnn hands it (the same oneDNN kernel), reverse direction
-    included; pinned off, the loop runs and matches within the dtype's
-    tolerance. A bfloat16 LSTM where oneDNN has no bf16 kernel (no AVX-512)
+    outputs and final states equal torch.nn's bitwise (the same oneDNN
+    kernel), reverse direction included; pinned off, the loop runs and
+    matches within the dtype's tolerance. A bfloat16 LSTM where oneDNN has no bf16 kernel (no AVX-512)
     never runs ATen's LSTM, pinned or not: ATen's per-step bf16 matmul is
     20-100x slower than the loop there."""
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(11, 20, num_layers=2, bias=bias, bidirectional=bidirectional).to(dtype)
+    ref = torch.nn.LSTM(11, 20, num_layers=2, bias=bias, bidirectional=bidirectional,
+                        batch_first=True).to(dtype)
     ours = fastrnn.LSTM(11, 20, num_layers=2, bias=bias, bidirectional=bidirectional,
                         batch_first=True).to(dtype)
     ours.load_state_dict(ref.state_dict())
@@ -416,8 +416,7 @@ def test_lstm_inference_on_aten_lstm(dtype, bidirectional, bias, monkeypatch):
     x = torch.randn(5, 9, 11, dtype=dtype)
     hx = (torch.randn(2 * dirs, 5, 20, dtype=dtype), torch.randn(2 * dirs, 5, 20, dtype=dtype))
     with torch.no_grad():
-        y_ref, (h_ref, c_ref) = ref(x.transpose(0, 1).contiguous(), hx)
-        y_ref = y_ref.transpose(0, 1)
+        y_ref, (h_ref, c_ref) = ref(x, hx)
         onednn = dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
         pins = [("blas", onednn), ("own", False)] + ([] if onednn else [("auto", False)])
         for pin, exact in pins:

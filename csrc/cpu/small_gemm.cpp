@@ -31,7 +31,8 @@ constexpr int kRegisters = 32;
 #else
 constexpr int kRegisters = 16;
 #endif
-constexpr int kMaxRows = kRegisters == 32 ? 14 : 6;
+// The tallest block of 2 vectors: 2 * R accumulators, 2 loads, 1 broadcast.
+constexpr int kMaxRows = (kRegisters - 3) / 2;  // 14 on AVX-512, 6 on AVX2
 
 // Vectors per block row for R rows: a block holds R*NB accumulators, the NB
 // loaded vectors and one broadcast. 32 registers: the widths measured on the
