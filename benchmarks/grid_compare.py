@@ -7,6 +7,7 @@ over its median), then a summary: rows below 1.00x before and after, and the
 lowest ratios. Markdown, for docs/benchmarks.md.
 
     python benchmarks/grid_compare.py BEFORE/results.json AFTER/results.json [--backend cpu]
+    python benchmarks/grid_compare.py RUN/results.json      # one run: its speedups alone
 
 BEFORE may also be a Markdown file holding a table this script wrote: the
 "after" column of the table under the heading --section (e.g. "## 1 thread" of
@@ -61,10 +62,13 @@ def table_ratios(path: str, section: str) -> dict[tuple, tuple[float, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
-    parser.add_argument("after")
+    parser.add_argument("after", nargs="?", help="omitted: BEFORE is the only run, tabled alone")
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--section", help="heading of the table when BEFORE is Markdown")
     args = parser.parse_args()
+    if args.after is None:
+        print_run(ratios(args.before, args.backend))
+        return
     after = ratios(args.after, args.backend)
     if args.before.endswith(".md"):
         recorded = table_ratios(args.before, args.section)
@@ -88,6 +92,20 @@ def main() -> None:
           f"{sum(r < 1.0 for r in news)} after. Lowest: {min(olds):.2f}x before, {min(news):.2f}x after. "
           f"Median: {statistics.median(olds):.2f}x before, {statistics.median(news):.2f}x after. "
           f"Spread over 10% after: {sum(after[s][1] > 0.10 for s in shapes)} rows.")
+
+
+def print_run(run: dict[tuple, tuple[float, float]]) -> None:
+    """One run's table and summary, in the form of the before/after table's "after" column."""
+    print("| cell | mode | B | H | T | threads | speedup | spread |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (cell, mode, _, _, b, h, t, threads), (ratio, spread) in run.items():
+        mark = "**" if ratio < 1.0 else ""
+        print(f"| {cell} | {mode} | {b} | {h} | {t} | {threads} | {mark}{ratio:.2f}x{mark} | {100 * spread:.0f}% |")
+    ratios_ = [r for r, _ in run.values()]
+    print()
+    print(f"{len(run)} shapes. Below 1.00x: {sum(r < 1.0 for r in ratios_)}. Lowest: {min(ratios_):.2f}x. "
+          f"Median: {statistics.median(ratios_):.2f}x. "
+          f"Spread over 10%: {sum(s > 0.10 for _, s in run.values())} rows.")
 
 
 if __name__ == "__main__":

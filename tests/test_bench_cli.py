@@ -247,3 +247,14 @@ def test_grid_compare_reads_its_own_tables(tmp_path):
                            capture_output=True, text=True, check=True).stdout
     assert "| gru | inference | 8 | 64 | 16 | 1 | 1.20x | 1.10x | 2% |" in again
     assert "| gru | inference | 8 | 256 | 16 | 1 | 3.00x | 2.00x | 2% |" in again
+
+
+def test_grid_compare_tables_one_run(tmp_path):
+    """With one results.json, benchmarks/grid_compare.py tables that run alone:
+    each row's speedup (marked below 1.00x) and spread, then the summary."""
+    script = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grid_compare.py")]
+    run = _grid_json(tmp_path / "a.json", {64: 0.9, 256: 1.5})
+    table = subprocess.run(script + [run], capture_output=True, text=True, check=True).stdout
+    assert "| gru | inference | 8 | 64 | 16 | 1 | **0.90x** | 2% |" in table
+    assert "| gru | inference | 8 | 256 | 16 | 1 | 1.50x | 2% |" in table
+    assert "2 shapes. Below 1.00x: 1. Lowest: 0.90x. Median: 1.20x." in table
