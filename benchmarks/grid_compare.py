@@ -59,6 +59,12 @@ def table_ratios(path: str, section: str) -> dict[tuple, tuple[float, float]]:
     return out
 
 
+def marked(ratio: float) -> str:
+    """A speedup as the tables print it: bold below 1.00x."""
+    mark = "**" if ratio < 1.0 else ""
+    return f"{mark}{ratio:.2f}x{mark}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
@@ -82,8 +88,7 @@ def main() -> None:
     for s in shapes:
         cell, mode, _, _, b, h, t, threads = s
         old, (new, spread) = before[s][0], after[s]
-        mark = "**" if new < 1.0 else ""
-        print(f"| {cell} | {mode} | {b} | {h} | {t} | {threads} | {old:.2f}x | {mark}{new:.2f}x{mark} "
+        print(f"| {cell} | {mode} | {b} | {h} | {t} | {threads} | {old:.2f}x | {marked(new)} "
               f"| {100 * spread:.0f}% |")
     olds = [before[s][0] for s in shapes]
     news = [after[s][0] for s in shapes]
@@ -99,12 +104,11 @@ def print_run(run: dict[tuple, tuple[float, float]]) -> None:
     print("| cell | mode | B | H | T | threads | speedup | spread |")
     print("|---|---|---|---|---|---|---|---|")
     for (cell, mode, _, _, b, h, t, threads), (ratio, spread) in run.items():
-        mark = "**" if ratio < 1.0 else ""
-        print(f"| {cell} | {mode} | {b} | {h} | {t} | {threads} | {mark}{ratio:.2f}x{mark} | {100 * spread:.0f}% |")
-    ratios_ = [r for r, _ in run.values()]
+        print(f"| {cell} | {mode} | {b} | {h} | {t} | {threads} | {marked(ratio)} | {100 * spread:.0f}% |")
+    speedups = [r for r, _ in run.values()]
     print()
-    print(f"{len(run)} shapes. Below 1.00x: {sum(r < 1.0 for r in ratios_)}. Lowest: {min(ratios_):.2f}x. "
-          f"Median: {statistics.median(ratios_):.2f}x. "
+    print(f"{len(run)} shapes. Below 1.00x: {sum(r < 1.0 for r in speedups)}. Lowest: {min(speedups):.2f}x. "
+          f"Median: {statistics.median(speedups):.2f}x. "
           f"Spread over 10%: {sum(s > 0.10 for _, s in run.values())} rows.")
 
 

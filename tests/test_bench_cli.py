@@ -231,19 +231,21 @@ def _grid_json(path, ratio_by_hidden):
     return str(path)
 
 
+GRID_COMPARE = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grid_compare.py")]
+
+
 def test_grid_compare_reads_its_own_tables(tmp_path):
     """benchmarks/grid_compare.py compares two results.json, and a table it wrote
     (kept in the docs) can stand in for the earlier run: its "after" column is then
     the new table's "before"."""
-    script = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grid_compare.py")]
     first = _grid_json(tmp_path / "a.json", {64: 0.9, 256: 1.5})
     second = _grid_json(tmp_path / "b.json", {64: 1.2, 256: 3.0})
     third = _grid_json(tmp_path / "c.json", {64: 1.1, 256: 2.0})
-    table = subprocess.run(script + [first, second], capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(GRID_COMPARE + [first, second], capture_output=True, text=True, check=True).stdout
     assert "| gru | inference | 8 | 64 | 16 | 1 | 0.90x | 1.20x | 2% |" in table
     doc = tmp_path / "doc.md"
     doc.write_text("# Grid\n\n## 1 thread\n\n" + table + "\n## 2 threads\n\nnothing\n")
-    again = subprocess.run(script + [str(doc), third, "--section", "## 1 thread"],
+    again = subprocess.run(GRID_COMPARE + [str(doc), third, "--section", "## 1 thread"],
                            capture_output=True, text=True, check=True).stdout
     assert "| gru | inference | 8 | 64 | 16 | 1 | 1.20x | 1.10x | 2% |" in again
     assert "| gru | inference | 8 | 256 | 16 | 1 | 3.00x | 2.00x | 2% |" in again
@@ -252,9 +254,8 @@ def test_grid_compare_reads_its_own_tables(tmp_path):
 def test_grid_compare_tables_one_run(tmp_path):
     """With one results.json, benchmarks/grid_compare.py tables that run alone:
     each row's speedup (marked below 1.00x) and spread, then the summary."""
-    script = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "grid_compare.py")]
     run = _grid_json(tmp_path / "a.json", {64: 0.9, 256: 1.5})
-    table = subprocess.run(script + [run], capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(GRID_COMPARE + [run], capture_output=True, text=True, check=True).stdout
     assert "| gru | inference | 8 | 64 | 16 | 1 | **0.90x** | 2% |" in table
     assert "| gru | inference | 8 | 256 | 16 | 1 | 1.50x | 2% |" in table
     assert "2 shapes. Below 1.00x: 1. Lowest: 0.90x. Median: 1.20x." in table
