@@ -242,6 +242,9 @@ void small_gemm(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64
   // op(A) = A^T is read in place (gemm transposes its slices where that pays).
   const bool panels =
       !a_transposed && pack_a_panels(rows, lda * static_cast<int64_t>(sizeof(S)));
+  // One buffer per thread, kept at the largest op(A) it has packed for the
+  // calls after it (rows x K: 1 MiB for 64 rows of dG at H = 1024, 4 MiB for
+  // a thread's 4096 rows of a large product's 256-wide K slice).
   thread_local std::vector<S> panel_storage;
   if (panels) {
     if (static_cast<int64_t>(panel_storage.size()) < rows * K) panel_storage.resize(rows * K);
