@@ -19,25 +19,27 @@ import statistics
 import subprocess
 import sys
 
-# name: (class, batch, hidden, steps, training); steps 0 = one cell step.
+# name: (class, batch, hidden, steps, training, dtype); steps 0 = one cell step.
 WORKLOADS = {
-    "LSTM B16 H128 T256 inference": ("LSTM", 16, 128, 256, False),
-    "LSTM B16 H128 T256 training": ("LSTM", 16, 128, 256, True),
-    "GRU B16 H128 T256 inference": ("GRU", 16, 128, 256, False),
-    "GRU B16 H128 T256 training": ("GRU", 16, 128, 256, True),
-    "LSTMCell B1 H64 step inference": ("LSTMCell", 1, 64, 0, False),
-    "LSTMCell B1 H64 step training": ("LSTMCell", 1, 64, 0, True),
-    "GRUCell B1 H64 step inference": ("GRUCell", 1, 64, 0, False),
-    "RNNCell B1 H64 step inference": ("RNNCell", 1, 64, 0, False),
+    "LSTM B16 H128 T256 inference": ("LSTM", 16, 128, 256, False, "float32"),
+    "LSTM B16 H128 T256 training": ("LSTM", 16, 128, 256, True, "float32"),
+    "LSTM B16 H128 T256 bfloat16 training": ("LSTM", 16, 128, 256, True, "bfloat16"),
+    "GRU B16 H128 T256 inference": ("GRU", 16, 128, 256, False, "float32"),
+    "GRU B16 H128 T256 training": ("GRU", 16, 128, 256, True, "float32"),
+    "LSTMCell B1 H64 step inference": ("LSTMCell", 1, 64, 0, False, "float32"),
+    "LSTMCell B1 H64 step training": ("LSTMCell", 1, 64, 0, True, "float32"),
+    "GRUCell B1 H64 step inference": ("GRUCell", 1, 64, 0, False, "float32"),
+    "RNNCell B1 H64 step inference": ("RNNCell", 1, 64, 0, False, "float32"),
 }
 
 CHILD = r"""
 import json, sys, time, torch, fastrnn
 torch.set_num_threads(1)
-name, batch, hidden, steps, training = json.loads(sys.argv[1])
+name, batch, hidden, steps, training, dtype = json.loads(sys.argv[1])
+dtype = getattr(torch, dtype)
 torch.manual_seed(0)
-m = getattr(fastrnn, name)(hidden, hidden)
-x = torch.randn(batch, hidden) if steps == 0 else torch.randn(steps, batch, hidden)
+m = getattr(fastrnn, name)(hidden, hidden).to(dtype)
+x = (torch.randn(batch, hidden) if steps == 0 else torch.randn(steps, batch, hidden)).to(dtype)
 calls = 1000 if steps == 0 else 4  # per batch; 15 batches
 def once():
     if training:

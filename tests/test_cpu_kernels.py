@@ -358,6 +358,12 @@ def test_bfloat16_products(mode, form, reverse, pin, monkeypatch):
     bf16-rounded h and the oracle's fp32 h pick different sides, and that
     token's gradient differs by design; RNN_TANH runs the same products.)"""
     monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
+    case, threads = bf16_case(mode, form)
+    assert_matches_oracle(case, reverse, threads, torch.bfloat16)
+
+
+def bf16_case(mode, form):
+    """A BF16_CASES case of bf16-rounded inputs, and its thread count."""
     sizes, threads, hidden = BF16_CASES[form]
     sizes = sorted(sizes, reverse=True)
     case = make_case(mode, sizes=sizes, hidden=hidden, input_size=18, dtype=torch.bfloat16)
@@ -368,7 +374,26 @@ def test_bfloat16_products(mode, form, reverse, pin, monkeypatch):
         w = case[5]
         w_hh = (w.w_hh * (0.5 / (0.4 * hidden ** 0.5))).to(torch.bfloat16).double()
         case = (*case[:5], w._replace(w_hh=w_hh))
+    return case, threads
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_bfloat16_backward_in_step_ranges(mode, reverse, monkeypatch):
+    """A bfloat16 layer's backward loop runs in ranges of steps too, summing
+    each range's dG columns while its rows are in cache, into buffers of every
+    row that the bf16 products read after the loop (layer_ops.cpp): against
+    the oracle, and bitwise equal to one range but for the bias gradients
+    (their sums grouped by range)."""
+    monkeypatch.setenv("FASTRNN_CPU_RANGE_ROWS", "7")
+    case, threads = bf16_case(mode, "per_step")
     assert_matches_oracle(case, reverse, threads, torch.bfloat16)
+    ranged = outputs_and_grads(_ops.layer, *case, reverse, torch.bfloat16)
+    monkeypatch.delenv("FASTRNN_CPU_RANGE_ROWS")
+    whole = outputs_and_grads(_ops.layer, *case, reverse, torch.bfloat16)
+    assert_bitwise((ranged[0], ranged[1][:-2]), (whole[0], whole[1][:-2]))
+    for got, want in zip(ranged[1][-2:], whole[1][-2:], strict=True):
+        torch.testing.assert_close(got, want, atol=1e-2 * want.abs().max().item(), rtol=1e-2)
 
 
 @pytest.mark.skipif(not fastrnn._C.cpu_bf16_products,
