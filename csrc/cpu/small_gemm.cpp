@@ -15,8 +15,8 @@
 #include "fastrnn/cpu/small_gemm.h"
 
 #include <ATen/Parallel.h>
-#include <unistd.h>
 #include <ATen/cpu/vec/vec.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <utility>
@@ -108,9 +108,11 @@ void row_block(const S* A, int64_t lda, const Packed<S>& B, int64_t k0, int64_t 
 // Calls fn(r, n) for each row block: `rows` in blocks of at most kMaxRows,
 // shared out evenly (64 rows: blocks of 10 and 11, not 4 x 14 and an 8-row
 // tail); r is the block's first row, n its row count.
+int64_t row_block_count(int64_t rows) { return (rows + kMaxRows - 1) / kMaxRows; }
+
 template <typename F>
 void for_each_row_block(int64_t rows, F&& fn) {
-  const int64_t count = (rows + kMaxRows - 1) / kMaxRows;
+  const int64_t count = row_block_count(rows);
   for (int64_t b = 0, r = 0; b < count; ++b) {
     const int64_t n = (rows - r) / (count - b);
     fn(r, n);
@@ -177,18 +179,18 @@ const CacheGeometry& l1_data_cache() {
 // 85 -> 112; 8 rows, at most one line per way, 111-116 in place and
 // 101-106 packed, the copy then costing more than it saves.
 bool pack_a_panels(int64_t rows, int64_t stride) {
-  if (rows < 2) return false;
+  if (rows <= 0) return false;
   const CacheGeometry& l1 = l1_data_cache();
-  const int64_t blocks = (rows + kMaxRows - 1) / kMaxRows;
-  const int64_t tallest = (rows + blocks - 1) / blocks;
-  int64_t most = 0;  // rows of the tallest block that share one set
-  for (int64_t r = 0; r < tallest; ++r) {
-    int64_t same = 0;
-    for (int64_t q = 0; q < tallest; ++q)
-      same += (r * stride / l1.line - q * stride / l1.line) % l1.sets == 0;
-    most = std::max(most, same);
-  }
-  return most > l1.ways;
+  const int64_t blocks = row_block_count(rows);
+  const int64_t tallest = (rows + blocks - 1) / blocks;  // for_each_row_block's largest n
+  // No set can take more lines than the block has rows: the step products of
+  // <= 8 rows a part (every B <= 8) stop here, at no cost to their loop.
+  if (tallest <= l1.ways) return false;
+  int64_t set[kMaxRows];
+  for (int64_t r = 0; r < tallest; ++r) set[r] = (r * stride / l1.line) % l1.sets;
+  for (int64_t r = 0; r < tallest; ++r)
+    if (std::count(set, set + tallest, set[r]) > l1.ways) return true;
+  return false;
 }
 
 }  // namespace
@@ -252,11 +254,9 @@ void small_gemm(int64_t rows, const S* A, int64_t lda, const Packed<S>& B, int64
   }
   for (int64_t c0 = 0; c0 < B.n; c0 += chunk) {
     const Packed<S> cols = packed_columns(B, c0, std::min(chunk, B.n - c0));
-    if (panels)
-      row_blocks<S, true>(rows, panel_storage.data(), 0, true, cols, k0, K, C + c0, ldc,
-                          accumulate);
-    else if (a_transposed)
-      row_blocks<S, true>(rows, A, lda, false, cols, k0, K, C + c0, ldc, accumulate);
+    if (panels || a_transposed)
+      row_blocks<S, true>(rows, panels ? panel_storage.data() : A, lda, panels, cols, k0, K,
+                          C + c0, ldc, accumulate);
     else
       row_blocks<S, false>(rows, A, lda, false, cols, k0, K, C + c0, ldc, accumulate);
   }
