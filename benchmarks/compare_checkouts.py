@@ -24,6 +24,8 @@ WORKLOADS = {
     "LSTM B16 H128 T256 inference": ("LSTM", 16, 128, 256, False, "float32"),
     "LSTM B16 H128 T256 training": ("LSTM", 16, 128, 256, True, "float32"),
     "LSTM B16 H128 T256 bfloat16 training": ("LSTM", 16, 128, 256, True, "bfloat16"),
+    "LSTM B64 H256 T64 bfloat16 training": ("LSTM", 64, 256, 64, True, "bfloat16"),
+    "GRU B64 H256 T64 bfloat16 inference": ("GRU", 64, 256, 64, False, "bfloat16"),
     "GRU B16 H128 T256 inference": ("GRU", 16, 128, 256, False, "float32"),
     "GRU B16 H128 T256 training": ("GRU", 16, 128, 256, True, "float32"),
     "LSTMCell B1 H64 step inference": ("LSTMCell", 1, 64, 0, False, "float32"),

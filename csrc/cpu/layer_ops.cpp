@@ -236,6 +236,18 @@ void aten_bf16_backward_step(const void* ctx, int64_t rows, const uint16_t* g, i
   }
 }
 
+// The hoisted input projection gx (rows, G*H) = bias + x @ W_ih^T of a
+// bfloat16 layer through ATen's bfloat16 matmul.
+template <typename S>
+void aten_bf16_projection(int64_t rows, int64_t GH, int64_t I, const uint16_t* x,
+                          const uint16_t* w_ih, S* gx, const S* bias) {
+  if constexpr (std::is_same_v<S, float>) {
+    aten_bf16_product(rows, GH, I, x, w_ih, gx, bias);
+  } else {
+    TORCH_CHECK(false, "fastrnn: bfloat16 products compute in float");
+  }
+}
+
 // ForwardArgs::step_product::fn_bf16 through ATen's bfloat16 matmul.
 template <typename S>
 void aten_bf16_step(const void* ctx, int64_t rows, const uint16_t* h, S* out) {
@@ -508,13 +520,8 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
     Tensor gx = gx_single;
     if (!single && !per_step && step_aten) {  // the same on ATen's bfloat16 matmul, as the steps
       gx = cached_empty({L.N, GH}, opts);
-      float* g = gx.data_ptr<float>();
-      aten_bf16_product(L.N, GH, L.I, bits(x), bits(w_ih), g);
-      if (fold)
-        at::parallel_for(0, L.N, 64, [&](int64_t n0, int64_t n1) {
-          for (int64_t n = n0; n < n1; ++n)
-            for (int64_t j = 0; j < GH; ++j) g[n * GH + j] += bias[j];
-        });
+      aten_bf16_projection<scalar_t>(L.N, GH, L.I, bits(x), bits(w_ih), gx.data_ptr<scalar_t>(),
+                                     fold ? bias.data() : nullptr);
     } else if (!single && !per_step) {  // gx = bias + x @ W_ih^T for every token
       gx = cached_empty({L.N, GH}, opts);
       scalar_t* g = gx.data_ptr<scalar_t>();
@@ -705,7 +712,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const LayerDims dims = dims_of(L, batch_sizes, reverse);
   Tensor dh_cell =
       L.project ? at::empty({L.B * scratch_copies(dims, ct), H}, opts) : Tensor();
-  Tensor dg16 = bf16_loop ? at::empty(dg.sizes(), x.options()) : Tensor();
+  Tensor dg16 = bf16_loop ? cached_empty(dg.sizes(), x.options()) : Tensor();
 
   // GRU's hidden side differs from its input side in the n gate:
   // dg = [d r | d z | d x_n | d h_n], so its W_hh side is columns 0..2H and
@@ -814,8 +821,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     // ATen's bfloat16 matmul (oneDNN on AVX512-BF16: ~200 GFLOP/s here
     // against 80-110 for fp32), accumulated in fp32 and rounded once to the
     // bfloat16 gradients returned anyway; torch.nn's bf16 kernels do the same.
-    if (!bf16_loop) dg16 = dg.to(at::kBFloat16);  // else the loop wrote it
-    const Tensor hp16 = h_prev.to(at::kBFloat16);
+    if (!bf16_loop) dg16 = cached_empty(dg.sizes(), x.options()).copy_(dg);  // else the loop wrote it
+    const Tensor hp16 = cached_empty(h_prev.sizes(), x.options()).copy_(h_prev);
     const Tensor dg16_x = dg16.narrow(1, 0, GH);
     dx = at::mm(dg16_x, w_ih);
     dw_ih = at::mm(dg16_x.t(), x);

@@ -235,27 +235,60 @@ Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass)
   });
 }
 
+namespace {
+
+// The rows of the bfloat16 product g (rows, K; row stride ldg) @ wv (K, n),
+// through ATen's bfloat16 matmul, as bit patterns: consume(r0, r1, p) gets
+// rows [r0, r1) at p. The products go, a chunk of rows at a time, into a
+// buffer of the calling thread that is kept (about 1 MiB, so a chunk is
+// still in cache when consumed), not into a fresh tensor per call: a step's
+// product of 64 rows x 1024 columns is 128 KiB, glibc's mmap threshold, so
+// each step could map, fault in and unmap its own.
+template <typename Consume>
+void aten_bf16_rows(int64_t rows, int64_t n, int64_t K, const uint16_t* g, int64_t ldg,
+                    const at::Tensor& wv, const Consume& consume) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+  const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 19) / n, 1, rows);
+  thread_local std::vector<uint16_t> scratch;
+  if (static_cast<int64_t>(scratch.size()) < chunk * n) scratch.resize(chunk * n);
+  for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+    const int64_t r1 = std::min(rows, r0 + chunk);
+    const at::Tensor gv =
+        at::from_blob(const_cast<uint16_t*>(g + r0 * ldg), {r1 - r0, K}, {ldg, 1}, bf16);
+    at::Tensor pv = at::from_blob(scratch.data(), {r1 - r0, n}, bf16);
+    at::mm_out(pv, gv, wv);
+    consume(r0, r1, scratch.data());
+  }
+}
+
+}  // namespace
+
 void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
-                       float* out) {
+                       float* out, const float* bias) {
   if (rows <= 0) return;
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-  const at::Tensor hv = at::from_blob(const_cast<uint16_t*>(h), {rows, K}, bf16);
   const at::Tensor wv = at::from_blob(const_cast<uint16_t*>(w), {n, K}, bf16);
-  const at::Tensor product = at::mm(hv, wv.t());
-  from_bf16_row(reinterpret_cast<const uint16_t*>(product.data_ptr<at::BFloat16>()), out, rows * n);
+  aten_bf16_rows(rows, n, K, h, K, wv.t(), [&](int64_t r0, int64_t r1, const uint16_t* p) {
+    if (bias == nullptr) return from_bf16_row(p, out + r0 * n, (r1 - r0) * n);
+    for (int64_t r = 0; r < r1 - r0; ++r) {  // each row widened, then biased while in L1
+      float* o = out + (r0 + r) * n;
+      from_bf16_row(p + r * n, o, n);
+      for (int64_t j = 0; j < n; ++j) o[j] += bias[j];
+    }
+  });
 }
 
 void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g, int64_t ldg,
                           const uint16_t* w, float* out, bool accumulate) {
   if (rows <= 0) return;
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-  const at::Tensor gv = at::from_blob(const_cast<uint16_t*>(g), {rows, K}, {ldg, 1}, bf16);
   const at::Tensor wv = at::from_blob(const_cast<uint16_t*>(w), {K, n}, bf16);
-  const at::Tensor product = at::mm(gv, wv);
-  const auto* p = reinterpret_cast<const uint16_t*>(product.data_ptr<at::BFloat16>());
-  if (!accumulate) return from_bf16_row(p, out, rows * n);
-  for (int64_t i = 0; i < rows * n; ++i)
-    out[i] += static_cast<float>(c10::BFloat16(p[i], c10::BFloat16::from_bits()));
+  aten_bf16_rows(rows, n, K, g, ldg, wv, [&](int64_t r0, int64_t r1, const uint16_t* p) {
+    float* o = out + r0 * n;
+    if (!accumulate) return from_bf16_row(p, o, (r1 - r0) * n);
+    for (int64_t i = 0; i < (r1 - r0) * n; ++i)
+      o[i] += static_cast<float>(c10::BFloat16(p[i], c10::BFloat16::from_bits()));
+  });
 }
 
 bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,

@@ -2,9 +2,10 @@
 //
 // A layer call's per-token scratch (the hoisted input projection, the
 // workspace, dG, h_prev) runs to hundreds of MiB at long sequences. glibc maps
-// blocks over 32 MiB afresh on every allocation and unmaps them on free, so
-// each call paid the kernel's zeroing of every new page at first touch: an
-// LSTM training step at B = 64, H = 1024, T = 256 spent 19% of its time in
+// blocks over 32 MiB afresh on every allocation and unmaps them on free (and,
+// depending on the process's history, blocks of a few MiB too), so each call
+// paid the kernel's zeroing of every new page at first touch: an LSTM
+// training step at B = 64, H = 1024, T = 256 spent 19% of its time in
 // clear_page (1 thread, a KVM guest on an Intel Xeon). cached_empty() hands out
 // such buffers from blocks kept mapped instead.
 //
@@ -19,7 +20,7 @@
 
 namespace fastrnn::cpu {
 
-// at::empty(sizes, opts) for a CPU buffer; from the cache when >= 32 MiB.
+// at::empty(sizes, opts) for a CPU buffer; from the cache when >= 2 MiB.
 // New blocks are hinted to transparent huge pages before their first touch.
 at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& opts);
 

@@ -78,9 +78,10 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
 // bit patterns, through ATen's bfloat16 matmul (oneDNN: AMX tiles where the
 // CPU has them, 560-590 GFLOP/s on 1 core of an Intel Xeon against 110-160
 // for fp32); the product comes rounded to bfloat16, as torch.nn's bfloat16
-// GRU and RNN round theirs, and is widened into out.
+// GRU and RNN round theirs, and is widened into out, plus bias (n,) unless
+// null (one pass: the hoisted projection's bias).
 void aten_bf16_product(int64_t rows, int64_t n, int64_t K, const uint16_t* h, const uint16_t* w,
-                       float* out);
+                       float* out, const float* bias = nullptr);
 
 // out (rows, n) fp32 (+)= g (rows, K; row stride ldg) @ w (K, n) for bfloat16 g
 // and w, through ATen's bfloat16 matmul, the product rounded to bfloat16 as
