@@ -33,6 +33,7 @@
 #include "fastrnn/cpu/small_gemm.h"
 #include "fastrnn/cpu/small_gemm_bf16.h"
 #include "fastrnn/cpu/steps.h"
+#include "fastrnn/cpu/ukernel_bf16.h"
 #include "fastrnn/kernels.h"
 #include "fastrnn/workspace.h"
 
@@ -190,6 +191,17 @@ PackedBf16 packed_bf16(const Tensor& w, int64_t K, int64_t n, Tensor& storage) {
   return PackedBf16{bits(storage), K, n};
 }
 
+// W (K, n), or W^T for W (n, K) where `transposed`, packed for the bf16
+// ukernel where it runs (ukernel_bf16.h), else absent; `storage` keeps the
+// memory alive.
+UkernelBf16 ukernel_packed(const Tensor& w, int64_t K, int64_t n, bool transposed,
+                           Tensor& storage) {
+  if (!ukernel_bf16_available()) return UkernelBf16{nullptr, 0, 0};
+  storage = at::empty({ukernel_packed_size(K, n)}, w.options());
+  pack_ukernel_bf16(bits(w), K, n, transposed, bits(storage));
+  return UkernelBf16{bits(storage), K, n};
+}
+
 // Whether a layer's products take bfloat16 operands (small_gemm_bf16.h;
 // ATen's bf16 matmul for the backward's large ones): a bfloat16 layer of more
 // than one step, without projection (its h_cell would need a rounding
@@ -208,12 +220,14 @@ bool blas_single_step(const Layer& L, int64_t limit) {
   return L.T == 1 && L.G * L.H * (L.I + L.P) > limit;
 }
 
-// W_hh (G*H, P) for blas_step, or its bfloat16 bits for aten_bf16_step.
+// W_hh (G*H, P) for blas_step, or its bfloat16 bits for aten_bf16_step,
+// and there packed for the ukernel where it runs (ukernel_bf16.h; else null).
 template <typename S>
 struct StepWeights {
   const S* w;
   const uint16_t* w16;
   int64_t GH, P;
+  UkernelBf16 ukernel{nullptr, 0, 0};
 };
 
 // ForwardArgs::step_product through BLAS: out (rows, G*H) = h (rows, P) @ W_hh^T.
@@ -223,13 +237,16 @@ void blas_step(const void* ctx, int64_t rows, const S* h, S* out) {
   blas_gemm<S>(rows, w.GH, w.P, h, w.P, false, w.w, true, out, w.GH, false);
 }
 
-// BackwardArgs::step_product::fn_bf16 through ATen's bfloat16 matmul; ctx
-// is W_hh's bfloat16 bits (G*H, P) as StepWeights::w16.
+// BackwardArgs::step_product::fn_bf16 on ATen's bfloat16 kernels: the
+// ukernel on W_hh packed (K = G*H, n = P) where it runs, else the matmul on
+// W_hh's bfloat16 bits (G*H, P) as StepWeights::w16.
 template <typename S>
 void aten_bf16_backward_step(const void* ctx, int64_t rows, const uint16_t* g, int64_t ld,
                              int64_t w_row0, int64_t K, S* out, bool accumulate) {
   if constexpr (std::is_same_v<S, float>) {
     const auto& w = *static_cast<const StepWeights<S>*>(ctx);
+    if (w.ukernel.data != nullptr)
+      return ukernel_bf16_product(rows, g, ld, w.ukernel, w_row0, K, out, w.P, accumulate);
     aten_bf16_product_nn(rows, w.P, K, g, ld, w.w16 + w_row0 * w.P, out, accumulate);
   } else {
     TORCH_CHECK(false, "fastrnn: bfloat16 step products compute in float");
@@ -248,11 +265,15 @@ void aten_bf16_projection(int64_t rows, int64_t GH, int64_t I, const uint16_t* x
   }
 }
 
-// ForwardArgs::step_product::fn_bf16 through ATen's bfloat16 matmul.
+// ForwardArgs::step_product::fn_bf16 on ATen's bfloat16 kernels: the
+// ukernel on W_hh^T packed (K = P, n = G*H) where it runs (its fp32 product
+// unrounded), else the matmul (the product rounded to bfloat16).
 template <typename S>
 void aten_bf16_step(const void* ctx, int64_t rows, const uint16_t* h, S* out) {
   if constexpr (std::is_same_v<S, float>) {
     const auto& w = *static_cast<const StepWeights<S>*>(ctx);
+    if (w.ukernel.data != nullptr)
+      return ukernel_bf16_product(rows, h, w.P, w.ukernel, 0, w.P, out, w.GH, false);
     aten_bf16_product(rows, w.GH, w.P, h, w.w16, out);
   } else {
     TORCH_CHECK(false, "fastrnn: bfloat16 step products compute in float");
@@ -539,8 +560,10 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
               step_aten ? PackedBf16{} : packed_bf16(w_hh, L.P, GH, whh16_storage), bits(h0),
               bits(y16)};
     }
-    const StepWeights<scalar_t> step_weights{step_blas ? ptr(whh) : nullptr,
-                                             step_aten ? bits(w_hh) : nullptr, GH, L.P};
+    const StepWeights<scalar_t> step_weights{
+        step_blas ? ptr(whh) : nullptr, step_aten ? bits(w_hh) : nullptr, GH, L.P,
+        step_aten ? ukernel_packed(w_hh, L.P, GH, /*transposed=*/true, whh16_storage)
+                  : UkernelBf16{nullptr, 0, 0}};
     ForwardArgs<scalar_t> args{
         ptr(gx),
         ptr(xc),
@@ -755,7 +778,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
                   : Packed<S>{nullptr, 0, 0},
         ptr(dh), ptr(dc), ptr(dg), ptr(h_prev), ptr(dy_total), ptr(h_cell), ptr(dh_cell),
         bf16, 0, 0, 0, {}};
-    const StepWeights<S> step_weights{nullptr, step_aten ? bits(w_hh) : nullptr, GH, L.P};
+    const StepWeights<S> step_weights{
+        nullptr, step_aten ? bits(w_hh) : nullptr, GH, L.P,
+        step_aten ? ukernel_packed(w_hh, GH, L.P, /*transposed=*/false, whh16_storage)
+                  : UkernelBf16{nullptr, 0, 0}};
     if (step_aten) args.step_product = {&aten_bf16_backward_step<S>, &step_weights};
     // Each product on the blocks or on BLAS, as measured for this machine
     // (product_choice.h), for the rows of the largest range.

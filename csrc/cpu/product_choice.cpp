@@ -18,6 +18,7 @@
 #include "fastrnn/cpu/gemm.h"
 #include "fastrnn/cpu/small_gemm.h"
 #include "fastrnn/cpu/small_gemm_bf16.h"
+#include "fastrnn/cpu/ukernel_bf16.h"
 
 namespace fastrnn::cpu {
 namespace {
@@ -297,7 +298,7 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
   if (products_pinned(&aten)) return aten;
   const Key key{kBf16BackStep, 2, B, n, K, false, false, at::get_num_threads(),
                 at::in_parallel_region(), 0};
-  std::vector<uint16_t> w, packed;
+  std::vector<uint16_t> w, packed, ukernel;
   auto pack = [&] {
     if (w.empty()) w.assign(K * n, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
     pack_bf16(w.data(), K, n, packed.data());
@@ -305,7 +306,16 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
   const Times t = tile_times<uint16_t, float>(
       key, B, grain, n, K, uint16_t{0x3f00}, /*gate_pass=*/true, pack,  // dG = 0.5
       [&](bool on_aten, int64_t rows, const uint16_t* g, float* out) {
-        if (on_aten) {
+        // ATen's candidate as the backward runs it (aten_bf16_backward_step in
+        // layer_ops.cpp): the ukernel where it runs, packed in the untimed
+        // warm-up (a call packs it once, as cheaply as the blocks' panels).
+        if (on_aten && ukernel_bf16_available()) {
+          if (ukernel.empty()) {
+            ukernel.resize(ukernel_packed_size(K, n));
+            pack_ukernel_bf16(w.data(), K, n, /*transposed=*/false, ukernel.data());
+          }
+          ukernel_bf16_product(rows, g, K, UkernelBf16{ukernel.data(), K, n}, 0, K, out, n, false);
+        } else if (on_aten) {
           aten_bf16_product_nn(rows, n, K, g, K, w.data(), out, false);
         } else {
           small_gemm_bf16(rows, g, K, PackedBf16{packed.data(), K, n}, 0, K, out, n, false);
