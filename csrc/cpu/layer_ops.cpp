@@ -352,6 +352,7 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
 struct ForwardPlan {
   bool step_blas, step_aten, per_step, close;
   double packing;  // seconds the blocks plan spends packing weights per call (close plans)
+  double other_packing = 0.0;  // the same for its alternative (bfloat16: the ukernel's W_hh^T)
 };
 
 template <typename S>
@@ -392,8 +393,8 @@ ForwardPlan plan_bf16_forward(const Layer& L, bool tiles, bool may_per_step) {
   bool aten;
   if (!tiles) return blocks;
   if (products_pinned(&aten)) return aten ? ForwardPlan{false, true, false, false, 0.0} : blocks;
-  return {false, false, may_per_step, true,
-          bf16_packing_seconds(L.G * L.H, L.P, may_per_step ? L.I : 0)};
+  const Times packing = bf16_packing_seconds(L.G * L.H, L.P, may_per_step ? L.I : 0);
+  return {false, false, may_per_step, true, packing.own, packing.blas};
 }
 
 // A layer's first time steps (as many as fit in min(T, 16), rounded down to a
@@ -432,10 +433,10 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
                       const ForwardPlan* forced = nullptr);
 
 // A close plan's blocks or its alternative (BLAS steps; ATen's bfloat16
-// matmul for a bfloat16 layer), whichever runs the call faster
-// (sample_prefers_second): both run the layer's first steps, and the blocks'
+// kernels for a bfloat16 layer), whichever runs the call faster
+// (sample_prefers_second): both run the layer's first steps, and each one's
 // packing, paid once per call, is not scaled with the call's length (at
-// B = 64, H = 1024 it costs about one step, 6% of a 16-step sample).
+// B = 64, H = 1024 the blocks' costs about one step, 6% of a 16-step sample).
 ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
                        const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                        const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
@@ -452,7 +453,7 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
   const int64_t steps = sample_steps(L.T);
   const bool on_other = sample_prefers_second(
       static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, steps, reverse, L.bias,
-      blocks.packing, static_cast<double>(L.T) / static_cast<double>(steps),
+      blocks.packing, blocks.other_packing, static_cast<double>(L.T) / static_cast<double>(steps),
       [&] { run(blocks); }, [&] { run(other); });
   return on_other ? other : blocks;
 }

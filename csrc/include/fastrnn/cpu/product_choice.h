@@ -97,12 +97,13 @@ void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g,
 bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,
                                     int64_t steps);
 
-// Seconds to pack a bfloat16 layer's W_hh (n, P) and, unless I = 0, W_ih
-// (n, I) for small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h): the
-// one-off cost per call of a bfloat16 loop on the blocks, which raced_plan
-// (layer_ops.cpp) does not scale with the call's length. Measured once per
-// shape and thread count.
-double bf16_packing_seconds(int64_t n, int64_t P, int64_t I);
+// Seconds a bfloat16 layer spends packing weights once per call, per plan:
+// `own` to pack W_hh (n, P) and, unless I = 0, W_ih (n, I) for
+// small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h); `blas` to pack
+// W_hh^T for ATen's ukernel (pack_ukernel_bf16, ukernel_bf16.h; 0 where it
+// does not run). One-off costs that raced_plan (layer_ops.cpp) does not
+// scale with the call's length. Measured once per shape and thread count.
+Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I);
 
 // Whether second() runs a layer call faster than first(), from their times
 // on a sample of it (the layer's first steps; plan_forward's close plans in
@@ -111,12 +112,13 @@ double bf16_packing_seconds(int64_t n, int64_t P, int64_t I);
 // the first time this element size, first batch size B, input I, gate
 // columns GH, sample `steps`, direction, bias and thread count are seen, and
 // those times are cached. A call `scale` times the sample's length costs
-// first_setup + (sample - first_setup) * scale for first(), whose one-off
-// cost per call (packing its weights) is first_setup seconds, and
-// sample * scale for second(). No margin: the candidates are close.
-// FASTRNN_CPU_PRODUCTS is not consulted (callers pin).
+// setup + (sample - setup) * scale for each, where setup is its one-off
+// cost per call (packing its weights): first_setup and second_setup
+// seconds. No margin: the candidates are close. FASTRNN_CPU_PRODUCTS is not
+// consulted (callers pin).
 bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t steps,
-                           bool reverse, bool bias, double first_setup, double scale,
+                           bool reverse, bool bias, double first_setup, double second_setup,
+                           double scale,
                            c10::function_ref<void()> first, c10::function_ref<void()> second);
 
 // Runs one layer call on first() or on second() (layer_ops.cpp: fastrnn's
