@@ -423,7 +423,10 @@ def test_bfloat16_forward_runs_one_raced_plan(mode, monkeypatch):
     """Unpinned, a bfloat16 forward races its two plans on its first steps
     and then runs the call on the winner: its outputs equal one pinned plan's
     bitwise, in training mode (the workspace too) and in inference, whose
-    race is its own."""
+    race is its own. Where ATen's side runs on the bf16 ukernel (AMX), both
+    plans multiply exact bf16 pairs and sum them in fp32, and often compute
+    the same bits (an RNN always did here); ATen's matmul elsewhere rounds
+    its product to bfloat16 and the plans differ."""
     # Packed (the last step shorter): no ATen LSTM, whose race is another one.
     case = make_case(mode, sizes=[6] * 19 + [4], hidden=32, input_size=18, dtype=torch.bfloat16)
     spec, x, sizes, h0, c0, weights = case
@@ -442,7 +445,6 @@ def test_bfloat16_forward_runs_one_raced_plan(mode, monkeypatch):
         for _ in range(2):  # the racing call and a call on the settled plan
             got = forward()
             assert any(all(torch.equal(g, w) for g, w in zip(got, want)) for want in pinned)
-        assert not all(torch.equal(a, b) for a, b in zip(*pinned)), "the plans must differ"
 
 
 def ran_aten_lstm(fn):

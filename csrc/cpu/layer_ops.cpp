@@ -254,12 +254,21 @@ void aten_bf16_backward_step(const void* ctx, int64_t rows, const uint16_t* g, i
 }
 
 // The hoisted input projection gx (rows, G*H) = bias + x @ W_ih^T of a
-// bfloat16 layer through ATen's bfloat16 matmul.
+// bfloat16 layer on ATen's bfloat16 kernels: the ukernel on W_ih^T packed
+// (K = I, n = G*H) where it runs, its fp32 product unrounded, in blocks of
+// rows over the threads; else the matmul (the product rounded to bfloat16).
 template <typename S>
 void aten_bf16_projection(int64_t rows, int64_t GH, int64_t I, const uint16_t* x,
-                          const uint16_t* w_ih, S* gx, const S* bias) {
+                          const uint16_t* w_ih, const UkernelBf16& packed, S* gx,
+                          const S* bias) {
   if constexpr (std::is_same_v<S, float>) {
-    aten_bf16_product(rows, GH, I, x, w_ih, gx, bias);
+    if (packed.data == nullptr) return aten_bf16_product(rows, GH, I, x, w_ih, gx, bias);
+    at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+      if (bias != nullptr)
+        for (int64_t r = r0; r < r1; ++r) std::copy_n(bias, GH, gx + r * GH);
+      ukernel_bf16_product(r1 - r0, x + r0 * I, I, packed, 0, I, gx + r0 * GH, GH,
+                           /*accumulate=*/bias != nullptr);
+    });
   } else {
     TORCH_CHECK(false, "fastrnn: bfloat16 products compute in float");
   }
@@ -393,7 +402,7 @@ ForwardPlan plan_bf16_forward(const Layer& L, bool tiles, bool may_per_step) {
   bool aten;
   if (!tiles) return blocks;
   if (products_pinned(&aten)) return aten ? ForwardPlan{false, true, false, false, 0.0} : blocks;
-  const Times packing = bf16_packing_seconds(L.G * L.H, L.P, may_per_step ? L.I : 0);
+  const Times packing = bf16_packing_seconds(L.G * L.H, L.P, L.I, may_per_step);
   return {false, false, may_per_step, true, packing.own, packing.blas};
 }
 
@@ -542,8 +551,10 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
     Tensor gx = gx_single;
     if (!single && !per_step && step_aten) {  // the same on ATen's bfloat16 matmul, as the steps
       gx = cached_empty({L.N, GH}, opts);
-      aten_bf16_projection<scalar_t>(L.N, GH, L.I, bits(x), bits(w_ih), gx.data_ptr<scalar_t>(),
-                                     fold ? bias.data() : nullptr);
+      aten_bf16_projection<scalar_t>(
+          L.N, GH, L.I, bits(x), bits(w_ih),
+          ukernel_packed(w_ih, L.I, GH, /*transposed=*/true, wih16_storage),
+          gx.data_ptr<scalar_t>(), fold ? bias.data() : nullptr);
     } else if (!single && !per_step) {  // gx = bias + x @ W_ih^T for every token
       gx = cached_empty({L.N, GH}, opts);
       scalar_t* g = gx.data_ptr<scalar_t>();

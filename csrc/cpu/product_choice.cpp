@@ -325,8 +325,8 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
   return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
 }
 
-Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I) {
-  const Key key{kBf16Packing, 2, I, n, P, false, true, at::get_num_threads(),
+Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I, bool per_step) {
+  const Key key{kBf16Packing, 2, I, n, P, per_step, true, at::get_num_threads(),
                 at::in_parallel_region(), 0};
   std::vector<uint16_t> w, packed, ukernel;
   return cached_times(key, [&](int64_t repeats) {
@@ -334,12 +334,13 @@ Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I) {
     if (w.empty()) w.assign(n * K, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
     const double blocks = seconds_of(repeats, [&] {
       pack_transposed_bf16(w.data(), P, n, packed.data());
-      if (I > 0) pack_transposed_bf16(w.data(), I, n, packed.data());
+      if (per_step) pack_transposed_bf16(w.data(), I, n, packed.data());
     });
     if (!ukernel_bf16_available()) return Times{blocks, 0.0, blocks};
-    ukernel.resize(ukernel_packed_size(P, n));
+    ukernel.resize(ukernel_packed_size(K, n));
     const double aten = seconds_of(repeats, [&] {
       pack_ukernel_bf16(w.data(), P, n, /*transposed=*/true, ukernel.data());
+      pack_ukernel_bf16(w.data(), I, n, /*transposed=*/true, ukernel.data());
     });
     return Times{blocks, aten, blocks};
   });

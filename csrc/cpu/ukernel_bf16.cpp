@@ -75,13 +75,17 @@ void ukernel_bf16_product(int64_t rows, const uint16_t* a, int64_t lda, const Uk
   TORCH_CHECK(k0 % 2 == 0 && (K % 2 == 0 || k0 + K == b.K) && k0 + K <= b.K,
               "fastrnn: ukernel product over rows [", k0, ", ", k0 + K,
               ") of a packed operand of ", b.K, " rows");
-  if (rows <= 0) return;
   const int64_t panel = even(b.K) * kPanel;
-  // Packed rows come in pairs: rows [k0, k0 + K) of a panel start k0 * 64 in.
-  for (int64_t c0 = 0, p = 0; c0 < b.n; c0 += kPanel, ++p)
-    cpublas::brgemm(rows, std::min(kPanel, b.n - c0), K, lda, kPanel, ldo, accumulate,
-                    bf16(a), bf16(b.data + p * panel + k0 * kPanel), out + c0,
-                    /*is_vnni=*/true);
+  // A hoisted projection's thousands of rows in blocks of 256, so that a
+  // block's rows of A stay in L2 across the panels.
+  constexpr int64_t kRows = 256;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows)
+    // Packed rows come in pairs: rows [k0, k0 + K) of a panel start k0 * 64 in.
+    for (int64_t c0 = 0, p = 0; c0 < b.n; c0 += kPanel, ++p)
+      cpublas::brgemm(std::min(kRows, rows - r0), std::min(kPanel, b.n - c0), K, lda, kPanel,
+                      ldo, accumulate, bf16(a + r0 * lda),
+                      bf16(b.data + p * panel + k0 * kPanel), out + r0 * ldo + c0,
+                      /*is_vnni=*/true);
   // ATen keeps the last kernel's tile configuration per thread; other AMX
   // code (oneDNN's matmul and LSTM) may change the tiles in between.
   cpublas::brgemm_release(/*is_vnni=*/true);

@@ -98,12 +98,13 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
                                     int64_t steps);
 
 // Seconds a bfloat16 layer spends packing weights once per call, per plan:
-// `own` to pack W_hh (n, P) and, unless I = 0, W_ih (n, I) for
+// `own` to pack W_hh (n, P) and, where it projects per step, W_ih (n, I) for
 // small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h); `blas` to pack
-// W_hh^T for ATen's ukernel (pack_ukernel_bf16, ukernel_bf16.h; 0 where it
-// does not run). One-off costs that raced_plan (layer_ops.cpp) does not
-// scale with the call's length. Measured once per shape and thread count.
-Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I);
+// W_hh^T and W_ih^T for ATen's ukernel (pack_ukernel_bf16, ukernel_bf16.h;
+// 0 where it does not run). One-off costs that raced_plan (layer_ops.cpp)
+// does not scale with the call's length. Measured once per shape and thread
+// count.
+Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I, bool per_step);
 
 // Whether second() runs a layer call faster than first(), from their times
 // on a sample of it (the layer's first steps; plan_forward's close plans in
