@@ -336,10 +336,13 @@ def test_large_scratch_blocks_come_back_poisoned():
 # bfloat16 layers with even input and hidden sizes and T > 1 take bf16 dot
 # products where the CPU has them (small_gemm_bf16.h): 12 rows per step with
 # 1 thread project per step, 2 threads at H = 256 split the hidden units,
-# 3 rows keep the hoisted projection.
+# 3 rows keep the hoisted projection. A split at H = 144 cuts each gate at
+# unit 64 of 144: on ATen's bf16 ukernel (AMX) its slices start and end
+# inside the 64-column panels of the packed W_hh^T.
 BF16_CASES = {  # id: (batch_sizes, threads, hidden)
     "per_step": ([12, 12, 9, 9, 4, 2] * 3, 1, 22),
     "split": ([8, 8, 6, 6, 3], 2, 256),
+    "split_ragged": ([1] * 7, 2, 144),
     "hoisted": ([3] * 16, 1, 22),
 }
 

@@ -78,12 +78,16 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     };
     const auto& product = a.step_product;
     const bool through_fn = bf16 ? product.fn_bf16 != nullptr : product.fn != nullptr;
-    if (!given && j1 - j0 == H && through_fn) {
+    if (!given && through_fn && (bf16 || j1 - j0 == H)) {
       if constexpr (bf16) {
         const uint16_t* y16_prev = s == 0 ? nullptr : a.bf16.y + (y_prev - a.y);
-        product.fn_bf16(product.ctx, carried, y16_prev, gh);
-        product.fn_bf16(product.ctx, live - carried, a.bf16.h0 + (b0 + carried) * P,
-                        gh + carried * GH);
+        const bool whole = j1 - j0 == H;  // one product, or one per gate's slice
+        for (int64_t g = 0; g < (whole ? 1 : gates(M)); ++g) {
+          const int64_t c0 = whole ? 0 : g * H + j0, cols = whole ? GH : j1 - j0;
+          product.fn_bf16(product.ctx, carried, y16_prev, c0, cols, gh + c0);
+          product.fn_bf16(product.ctx, live - carried, a.bf16.h0 + (b0 + carried) * P, c0, cols,
+                          gh + carried * GH + c0);
+        }
       } else {
         product.fn(product.ctx, carried, y_prev, gh);
         product.fn(product.ctx, live - carried, a.h0 + (b0 + carried) * P, gh + carried * GH);

@@ -276,13 +276,16 @@ void aten_bf16_projection(int64_t rows, int64_t GH, int64_t I, const uint16_t* x
 
 // ForwardArgs::step_product::fn_bf16 on ATen's bfloat16 kernels: the
 // ukernel on W_hh^T packed (K = P, n = G*H) where it runs (its fp32 product
-// unrounded), else the matmul (the product rounded to bfloat16).
+// unrounded; any columns), else the matmul (the product rounded to bfloat16;
+// every column: plan_bf16_forward keeps hidden slices off it).
 template <typename S>
-void aten_bf16_step(const void* ctx, int64_t rows, const uint16_t* h, S* out) {
+void aten_bf16_step(const void* ctx, int64_t rows, const uint16_t* h, int64_t c0, int64_t cols,
+                    S* out) {
   if constexpr (std::is_same_v<S, float>) {
     const auto& w = *static_cast<const StepWeights<S>*>(ctx);
     if (w.ukernel.data != nullptr)
-      return ukernel_bf16_product(rows, h, w.P, w.ukernel, 0, w.P, out, w.GH, false);
+      return ukernel_bf16_product(rows, h, w.P, w.ukernel, 0, w.P, out, w.GH, false, c0, cols);
+    TORCH_CHECK(c0 == 0 && cols == w.GH, "fastrnn: ATen's bf16 matmul runs every column");
     aten_bf16_product(rows, w.GH, w.P, h, w.w16, out);
   } else {
     TORCH_CHECK(false, "fastrnn: bfloat16 step products compute in float");
@@ -388,10 +391,14 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
   return {false, false, per_step, on_blas < blocks * 1.15, packing};
 }
 
-// Where a bfloat16 layer's products run (bf16 operands, batch tiles): on the
-// bf16 blocks (small_gemm_bf16, W_hh and, per step, W_ih packed per call) or
-// on ATen's bfloat16 matmul (aten_bf16_product: oneDNN, AMX tiles where the
-// CPU has them), the step products and one hoisted projection. Always raced
+// Where a bfloat16 layer's products run (bf16 operands): on the bf16 blocks
+// (small_gemm_bf16, W_hh and, per step, W_ih packed per call) or on ATen's
+// bfloat16 kernels (the brgemm ukernel where it runs, else the matmul:
+// aten_bf16_product, oneDNN on AMX tiles where the CPU has them), the step
+// products and one hoisted projection. Threads that split the hidden units
+// (`tiles` false) take ATen's side only on the ukernel, which computes a
+// slice's columns of each gate (at 2 threads, B = 8, H = 1024 the blocks
+// ran a GRU 0.65x of torch.nn, an RNN 0.84x). Always raced
 // on the layer's first steps (raced_plan): timing the step product alone
 // chose the blocks for an RNN at B = 8, H = 1024, where the loop, which also
 // streams the packed W_ih every step, ran 0.64x of torch.nn and ATen's
@@ -400,7 +407,7 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
 ForwardPlan plan_bf16_forward(const Layer& L, bool tiles, bool may_per_step) {
   const ForwardPlan blocks{false, false, may_per_step, false, 0.0};
   bool aten;
-  if (!tiles) return blocks;
+  if (!tiles && !ukernel_bf16_available()) return blocks;
   if (products_pinned(&aten)) return aten ? ForwardPlan{false, true, false, false, 0.0} : blocks;
   const Times packing = bf16_packing_seconds(L.G * L.H, L.P, L.I, may_per_step);
   return {false, false, may_per_step, true, packing.own, packing.blas};

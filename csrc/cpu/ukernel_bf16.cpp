@@ -71,21 +71,27 @@ void pack_ukernel_bf16(const uint16_t* b, int64_t K, int64_t n, bool transposed,
 }
 
 void ukernel_bf16_product(int64_t rows, const uint16_t* a, int64_t lda, const UkernelBf16& b,
-                          int64_t k0, int64_t K, float* out, int64_t ldo, bool accumulate) {
-  TORCH_CHECK(k0 % 2 == 0 && (K % 2 == 0 || k0 + K == b.K) && k0 + K <= b.K,
-              "fastrnn: ukernel product over rows [", k0, ", ", k0 + K,
-              ") of a packed operand of ", b.K, " rows");
+                          int64_t k0, int64_t K, float* out, int64_t ldo, bool accumulate,
+                          int64_t c0, int64_t cols) {
+  if (cols < 0) cols = b.n - c0;
+  TORCH_CHECK(k0 % 2 == 0 && (K % 2 == 0 || k0 + K == b.K) && k0 + K <= b.K && c0 >= 0 &&
+                  c0 + cols <= b.n,
+              "fastrnn: ukernel product over rows [", k0, ", ", k0 + K, ") and columns [", c0,
+              ", ", c0 + cols, ") of a packed operand of ", b.K, " x ", b.n);
   const int64_t panel = even(b.K) * kPanel;
   // A hoisted projection's thousands of rows in blocks of 256, so that a
   // block's rows of A stay in L2 across the panels.
   constexpr int64_t kRows = 256;
   for (int64_t r0 = 0; r0 < rows; r0 += kRows)
-    // Packed rows come in pairs: rows [k0, k0 + K) of a panel start k0 * 64 in.
-    for (int64_t c0 = 0, p = 0; c0 < b.n; c0 += kPanel, ++p)
-      cpublas::brgemm(std::min(kRows, rows - r0), std::min(kPanel, b.n - c0), K, lda, kPanel,
-                      ldo, accumulate, bf16(a + r0 * lda),
-                      bf16(b.data + p * panel + k0 * kPanel), out + r0 * ldo + c0,
-                      /*is_vnni=*/true);
+    // Packed rows come in pairs: rows [k0, k0 + K) of a panel start k0 * 64
+    // in, and its column j 2 j in (a pair's row stride stays 128).
+    for (int64_t c = c0; c < c0 + cols;) {
+      const int64_t p = c / kPanel, j = c % kPanel, width = std::min(kPanel - j, c0 + cols - c);
+      cpublas::brgemm(std::min(kRows, rows - r0), width, K, lda, kPanel, ldo, accumulate,
+                      bf16(a + r0 * lda), bf16(b.data + p * panel + k0 * kPanel + 2 * j),
+                      out + r0 * ldo + (c - c0), /*is_vnni=*/true);
+      c += width;
+    }
   // ATen keeps the last kernel's tile configuration per thread; other AMX
   // code (oneDNN's matmul and LSTM) may change the tiles in between.
   cpublas::brgemm_release(/*is_vnni=*/true);
@@ -98,7 +104,7 @@ void pack_ukernel_bf16(const uint16_t*, int64_t, int64_t, bool, uint16_t*) {
   TORCH_CHECK(false, "fastrnn: this torch has no bf16 brgemm ukernel");
 }
 void ukernel_bf16_product(int64_t, const uint16_t*, int64_t, const UkernelBf16&, int64_t, int64_t,
-                          float*, int64_t, bool) {
+                          float*, int64_t, bool, int64_t, int64_t) {
   TORCH_CHECK(false, "fastrnn: this torch has no bf16 brgemm ukernel");
 }
 

@@ -35,10 +35,13 @@ int64_t ukernel_packed_size(int64_t K, int64_t n);
 // where `transposed`.
 void pack_ukernel_bf16(const uint16_t* b, int64_t K, int64_t n, bool transposed, uint16_t* dst);
 
-// out (rows, n; row stride ldo) (+)= A @ B[k0 : k0 + K, :] in fp32, for A
-// (rows, K; row stride lda) bfloat16, k0 even and K even unless the range
-// ends at B's last row. Leaves no AMX tile state configured behind it.
+// out (rows, cols; row stride ldo) (+)= A @ B[k0 : k0 + K, c0 : c0 + cols]
+// in fp32, for A (rows, K; row stride lda) bfloat16, k0 even and K even
+// unless the range ends at B's last row; columns all of B's unless given (a
+// hidden slice's columns of one gate: any range, whole panels run fastest).
+// Leaves no AMX tile state configured behind it.
 void ukernel_bf16_product(int64_t rows, const uint16_t* a, int64_t lda, const UkernelBf16& b,
-                          int64_t k0, int64_t K, float* out, int64_t ldo, bool accumulate);
+                          int64_t k0, int64_t K, float* out, int64_t ldo, bool accumulate,
+                          int64_t c0 = 0, int64_t cols = -1);
 
 }  // namespace fastrnn::cpu
