@@ -380,16 +380,20 @@ def bf16_case(mode, form):
     return case, threads
 
 
+@pytest.mark.parametrize("pin", ["own", "blas"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("mode,proj", [c for c in CONFIGS if c[0] != "RNN_RELU"])
-def test_bfloat16_single_step(mode, proj, bias):
+def test_bfloat16_single_step(mode, proj, bias, pin, monkeypatch):
     """A single bfloat16 step with large weights (a cell; blas_single_step in
-    layer_ops.cpp, H = 256) multiplies in bfloat16 by ATen's matmul, forward
-    and backward, as torch.nn's cells do: outputs and gradients against the
-    oracle on the same bf16-rounded inputs, within this file's bfloat16
-    tolerance (its gates rounded to bfloat16 too). No RNN_RELU: a gate
-    rounded across 0 takes the other side of relu's kink than the oracle's,
-    and its gradient differs by design (test_bfloat16_products)."""
+    layer_ops.cpp, H = 256) multiplies in bfloat16 by ATen's matmul (blas),
+    forward and backward, as torch.nn's cells do, or with the weights widened
+    to fp32 (own), as measured faster (prefer_bf16_single_step): outputs and
+    gradients against the oracle on the same bf16-rounded inputs, within this
+    file's bfloat16 tolerance (the gates rounded to bfloat16 in blas). No
+    RNN_RELU: a gate rounded across 0 takes the other side of relu's kink
+    than the oracle's, and its gradient differs by design
+    (test_bfloat16_products)."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
     case = make_case(mode, proj, bias=bias, sizes=[6], hidden=256, input_size=18,
                      dtype=torch.bfloat16)
     assert_matches_oracle(case, False, 1, torch.bfloat16)

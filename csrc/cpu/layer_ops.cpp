@@ -509,9 +509,10 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
   // A single bfloat16 step (a cell) multiplies in bfloat16, as torch.nn's
   // cells do (ATen's bf16 matmul: fp32 sums, the gates rounded to bfloat16),
-  // instead of widening both weights every call: LSTMCell at B = 8, H = 1024
-  // took 12.5 ms that way against torch.nn's 2.1 (Emerald Rapids, 1 thread).
-  const bool single_bf16 = single && x.scalar_type() == at::kBFloat16;
+  // where that beats widening both weights every call, as measured
+  // (prefer_bf16_single_step).
+  const bool single_bf16 = single && x.scalar_type() == at::kBFloat16 &&
+                           prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
   const Tensor xc = fp32_input && !single_bf16 ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input && !single_bf16 ? in_compute(w_ih, ct) : Tensor();
   const Tensor whh = bf16_products || single_bf16 ? Tensor() : in_compute(w_hh, ct);
@@ -731,8 +732,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   // W_hh) need no fp32 copy.
   const bool bf16_products = bf16_operands(L, x);
   const bool bf16_loop = bf16_products && H % 2 == 0;
-  // A single bfloat16 step's products in bfloat16, as in the forward.
-  const bool single_bf16 = single && x.scalar_type() == at::kBFloat16;
+  // A single bfloat16 step's products in bfloat16 where the forward's are.
+  const bool single_bf16 = single && x.scalar_type() == at::kBFloat16 &&
+                           prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
   const Tensor xc = bf16_products || single_bf16 ? Tensor() : in_compute(x, ct);
   const Tensor wih = bf16_products || single_bf16 ? Tensor() : in_compute(w_ih, ct);
   const Tensor whh = bf16_loop || single_bf16 ? Tensor() : in_compute(w_hh, ct);

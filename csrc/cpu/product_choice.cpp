@@ -50,17 +50,17 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 // transposes, threads, inside a parallel region, time steps of a layer sample)
 using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t>;
 
-// The extra Product values in cached_times' key: the layer sample of close
-// plans (sample_prefers_second), the bfloat16 backward's step, a bfloat16
-// layer's packing, the input
+// The extra Product values in cached_times' key: a bfloat16 single step's
+// products, the layer sample of close plans (sample_prefers_second), the
+// bfloat16 backward's step, a bfloat16 layer's packing, the input
 // projection per step (a second product of the step) and the recurrent step.
 // Each has its own slot in a thread's last-times cache, so that a layer
 // called in a loop, which looks up several of them per call, takes no lock.
-// kProducts: Product's five and these five. kAtenLstm keys race_calls, which
+// kProducts: Product's five and these six. kAtenLstm keys race_calls, which
 // keeps its own races.
-constexpr int kAtenLstm = -6, kBf16BackStep = -5, kBlasSteps = -4, kBf16Packing = -3,
-              kInputStep = -2, kRecurrentStep = -1;
-constexpr size_t kProducts = 10;
+constexpr int kAtenLstm = -7, kBf16Single = -6, kBf16BackStep = -5, kBlasSteps = -4,
+              kBf16Packing = -3, kInputStep = -2, kRecurrentStep = -1;
+constexpr size_t kProducts = 11;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time: one warm-up, then the best of
@@ -72,7 +72,7 @@ Times cached_times(const Key& key, const Measure& time_both, double round_second
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16BackStep)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16Single)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -290,6 +290,31 @@ void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g,
     for (int64_t i = 0; i < (r1 - r0) * n; ++i)
       o[i] += static_cast<float>(c10::BFloat16(p[i], c10::BFloat16::from_bits()));
   });
+}
+
+bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH) {
+  bool aten;
+  if (products_pinned(&aten)) return aten;
+  const Key key{kBf16Single, 2, B, GH, I, false, false, at::get_num_threads(),
+                at::in_parallel_region(), P};
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+  at::Tensor x, h, w_ih, w_hh;
+  const Times t = cached_times(key, [&](int64_t repeats) {
+    if (!x.defined()) {
+      x = at::full({B, I}, 0.5, bf16), h = at::full({B, P}, 0.5, bf16);
+      w_ih = at::full({GH, I}, 0.25, bf16), w_hh = at::full({GH, P}, 0.25, bf16);
+    }
+    const double widened = seconds_of(repeats, [&] {
+      at::mm(x.to(at::kFloat), w_ih.to(at::kFloat).t());
+      at::mm(h.to(at::kFloat), w_hh.to(at::kFloat).t());
+    });
+    const double in_bf16 = seconds_of(repeats, [&] {
+      at::mm(x, w_ih.t()).to(at::kFloat);
+      at::mm(h, w_hh.t()).to(at::kFloat);
+    });
+    return Times{widened, in_bf16, 0.0};
+  });
+  return blas_wins(t.own, t.blas);
 }
 
 bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,

@@ -97,6 +97,17 @@ void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g,
 bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,
                                     int64_t steps);
 
+// Whether a bfloat16 single step (a cell; blas_single_step in layer_ops.cpp)
+// of B rows runs its products x @ W_ih^T (W_ih (GH, I)) and h @ W_hh^T (W_hh
+// (GH, P)) faster by ATen's bfloat16 matmul than with both weights widened
+// to fp32 and multiplied by MKL, both as layer_fwd runs them, timed once per
+// shape and thread count; layer_bwd follows the same choice. On the Intel
+// Xeon (AMX) oneDNN's bf16 matmul costs ~55 us a call at any small size:
+// widening won for an RNNCell at H = 256 (88 us against 184 per step at
+// B = 8), lost 6x for an LSTMCell at B = 8, H = 1024 (12.5 ms against 2.0).
+// FASTRNN_CPU_PRODUCTS pins it (blas: bfloat16).
+bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH);
+
 // Seconds a bfloat16 layer spends packing weights once per call, per plan:
 // `own` to pack W_hh (n, P) and, where it projects per step, W_ih (n, I) for
 // small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h); `blas` to pack
