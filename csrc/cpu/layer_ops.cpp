@@ -196,7 +196,7 @@ PackedBf16 packed_bf16(const Tensor& w, int64_t K, int64_t n, Tensor& storage) {
 // memory alive.
 UkernelBf16 ukernel_packed(const Tensor& w, int64_t K, int64_t n, bool transposed,
                            Tensor& storage) {
-  if (!ukernel_bf16_available()) return UkernelBf16{nullptr, 0, 0};
+  if (!ukernel_bf16_available()) return UkernelBf16{};
   storage = at::empty({ukernel_packed_size(K, n)}, w.options());
   pack_ukernel_bf16(bits(w), K, n, transposed, bits(storage));
   return UkernelBf16{bits(storage), K, n};
@@ -227,7 +227,7 @@ struct StepWeights {
   const S* w;
   const uint16_t* w16;
   int64_t GH, P;
-  UkernelBf16 ukernel{nullptr, 0, 0};
+  UkernelBf16 ukernel{};
 };
 
 // ForwardArgs::step_product through BLAS: out (rows, G*H) = h (rows, P) @ W_hh^T.
@@ -591,7 +591,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
     const StepWeights<scalar_t> step_weights{
         step_blas ? ptr(whh) : nullptr, step_aten ? bits(w_hh) : nullptr, GH, L.P,
         step_aten ? ukernel_packed(w_hh, L.P, GH, /*transposed=*/true, whh16_storage)
-                  : UkernelBf16{nullptr, 0, 0}};
+                  : UkernelBf16{}};
     ForwardArgs<scalar_t> args{
         ptr(gx),
         ptr(xc),
@@ -812,7 +812,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     const StepWeights<S> step_weights{
         nullptr, step_aten ? bits(w_hh) : nullptr, GH, L.P,
         step_aten ? ukernel_packed(w_hh, GH, L.P, /*transposed=*/false, whh16_storage)
-                  : UkernelBf16{nullptr, 0, 0}};
+                  : UkernelBf16{}};
     if (step_aten) args.step_product = {&aten_bf16_backward_step<S>, &step_weights};
     // Each product on the blocks or on BLAS, as measured for this machine
     // (product_choice.h), for the rows of the largest range.

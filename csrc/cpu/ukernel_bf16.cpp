@@ -78,6 +78,9 @@ void ukernel_bf16_product(int64_t rows, const uint16_t* a, int64_t lda, const Uk
                   c0 + cols <= b.n,
               "fastrnn: ukernel product over rows [", k0, ", ", k0 + K, ") and columns [", c0,
               ", ", c0 + cols, ") of a packed operand of ", b.K, " x ", b.n);
+  // The loop asks for its joining rows every step, mostly none: no call and
+  // no tile release then.
+  if (rows <= 0 || cols <= 0) return;
   const int64_t panel = even(b.K) * kPanel;
   // A hoisted projection's thousands of rows in blocks of 256, so that a
   // block's rows of A stay in L2 across the panels.
