@@ -36,10 +36,20 @@ Tensor dense_grad(const Tensor& grad, const Tensor& like) {
 
 OptTensor optional(const Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 
-// An absent optional input has no gradient; the kernels return an empty
-// tensor for it (not a zero-size gradient of a real input, e.g. input_size 0).
-Tensor grad_of(const Tensor& input, const Tensor& grad) {
-  return input.defined() ? grad : Tensor();
+// An absent optional input, or one whose gradient output_mask did not ask
+// for, has no gradient; the kernels return an empty tensor for it (not a
+// zero-size gradient of a real input, e.g. input_size 0).
+Tensor grad_of(const Tensor& input, const Tensor& grad, bool wanted) {
+  return input.defined() && wanted ? grad : Tensor();
+}
+
+// needs_input_grad of a range of autograd edges: one edge per tensor input,
+// in argument order, an absent optional input having none
+// (torch/csrc/autograd/custom_function.h, ExtractVariables).
+bool any_needed(AutogradContext* ctx, size_t begin, size_t end) {
+  for (size_t e = begin; e < end; ++e)
+    if (ctx->needs_input_grad(e)) return true;
+  return false;
 }
 
 void check_saved(AutogradContext* ctx, const char* op) {
@@ -78,15 +88,30 @@ struct LayerFunction : torch::autograd::Function<LayerFunction> {
                  &w_hh = s[5], &b_ih = s[6], &b_hh = s[7], &w_hr = s[8], &y = s[9],
                  &workspace = s[10];
     const Tensor grad_c = mode == "LSTM" ? dense_grad(grads[2], c0) : x.new_empty({0});
+    // Edges: x 0, batch_sizes 1, h0 2, then c0 when given, then the parameters.
+    const size_t params = c0.defined() ? 4 : 3;
+    const size_t edges = params + 2 + b_ih.defined() + b_hh.defined() + w_hr.defined();
+    const sig::OutputMask mask{ctx->needs_input_grad(0), any_needed(ctx, 2, params),
+                               any_needed(ctx, params, edges)};
     auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] =
         op<LayerBwd>().call(mode, dense_grad(grads[0], y), dense_grad(grads[1], h0), grad_c,
                             x, batch_sizes, h0, optional(c0), w_ih, w_hh, optional(b_ih),
                             optional(b_hh), optional(w_hr), y, workspace,
-                            ctx->saved_data["reverse"].toBool());
+                            ctx->saved_data["reverse"].toBool(), mask);
     // One gradient per forward argument (mode, batch_sizes and the flags have none).
-    return {Tensor(),           dx,    Tensor(),          dh0,
-            grad_of(c0, dc0),   dw_ih, dw_hh,             grad_of(b_ih, db_ih),
-            grad_of(b_hh, db_hh), grad_of(w_hr, dw_hr), Tensor(), Tensor()};
+    const auto [want_dx, want_state, want_params] = mask;
+    return {Tensor(),
+            grad_of(x, dx, want_dx),
+            Tensor(),
+            grad_of(h0, dh0, want_state),
+            grad_of(c0, dc0, want_state),
+            grad_of(w_ih, dw_ih, want_params),
+            grad_of(w_hh, dw_hh, want_params),
+            grad_of(b_ih, db_ih, want_params),
+            grad_of(b_hh, db_hh, want_params),
+            grad_of(w_hr, dw_hr, want_params),
+            Tensor(),
+            Tensor()};
   }
 };
 
@@ -160,14 +185,22 @@ struct BilayerFunction : torch::autograd::Function<BilayerFunction> {
       grad_h.push_back(dense_grad(grads[2 + d], h0[d]));
       grad_c.push_back(mode == "LSTM" ? dense_grad(grads[4 + d], c0[d]) : x.new_empty({0}));
     }
-    auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] =
-        op<BilayerBwd>().call(mode, grad_y, grad_h, grad_c, x, batch_sizes, lists[0], lists[1],
-                              lists[2], lists[3], lists[4], lists[5], lists[6], y, workspace);
-    variable_list out{Tensor(), dx, Tensor()};
+    // Edges: x 0, batch_sizes 1, then every tensor of the lists in order:
+    // h0 and c0 (the state), then the parameters'.
+    const size_t params = 2 + h0.size() + c0.size();
+    size_t edges = 2;
+    for (const Tensors& list : lists) edges += list.size();
+    const sig::OutputMask mask{ctx->needs_input_grad(0), any_needed(ctx, 2, params),
+                               any_needed(ctx, params, edges)};
+    auto [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] = op<BilayerBwd>().call(
+        mode, grad_y, grad_h, grad_c, x, batch_sizes, lists[0], lists[1], lists[2], lists[3],
+        lists[4], lists[5], lists[6], y, workspace, mask);
+    variable_list out{Tensor(), grad_of(x, dx, mask[0]), Tensor()};
     const std::vector<const Tensors*> per_list{&dh0, &dc0, &dw_ih, &dw_hh,
                                                &db_ih, &db_hh, &dw_hr};
     for (size_t i = 0; i < lists.size(); ++i)  // an absent optional list has no entries
-      for (size_t d = 0; d < lists[i].size(); ++d) out.push_back((*per_list[i])[d]);
+      for (size_t d = 0; d < lists[i].size(); ++d)  // lists 0, 1 the state's, then parameters'
+        out.push_back(grad_of(lists[i][d], (*per_list[i])[d], mask[i < 2 ? 1 : 2]));
     out.push_back(Tensor());  // save
     return out;
   }

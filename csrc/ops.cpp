@@ -7,7 +7,11 @@
 // (shapes: fastrnn/backends/base.py). save=true fills `workspace` for
 // layer_bwd (layout: csrc/include/fastrnn/workspace.h); save=false returns it
 // with zero rows. Outputs that do not apply to a mode (c_n, dc0, db_* without
-// bias, dw_hr without projection) are empty tensors.
+// bias, dw_hr without projection) are empty tensors. layer_bwd's output_mask
+// says which gradients the caller wants, as ATen's backward ops take it:
+// [dx, the state's (dh0, dc0), the parameters' (dw_*, db_*)]; one not wanted
+// is an empty tensor too, and its products are skipped (autograd passes
+// needs_input_grad: no dx for a first layer whose input needs no gradient).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -36,8 +40,8 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def(
       "layer_bwd(str mode, Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, "
       "Tensor batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor? w_hr, Tensor y, Tensor workspace, bool reverse) "
-      "-> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+      "Tensor? b_hh, Tensor? w_hr, Tensor y, Tensor workspace, bool reverse, "
+      "bool[3] output_mask) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
       "Tensor db_hh, Tensor dw_hr)");
   // Both directions of one bidirectional layer in one call, so a device can
   // run them concurrently. Per-direction arguments are lists of 2 ([forward,
@@ -51,7 +55,7 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def(
       "bilayer_bwd(str mode, Tensor[] grad_y, Tensor[] grad_h_n, Tensor[] grad_c_n, Tensor x, "
       "Tensor batch_sizes, Tensor[] h0, Tensor[] c0, Tensor[] w_ih, Tensor[] w_hh, "
-      "Tensor[] b_ih, Tensor[] b_hh, Tensor[] w_hr, Tensor[] y, Tensor[] workspace) "
-      "-> (Tensor dx, Tensor[] dh0, Tensor[] dc0, Tensor[] dw_ih, Tensor[] dw_hh, "
+      "Tensor[] b_ih, Tensor[] b_hh, Tensor[] w_hr, Tensor[] y, Tensor[] workspace, "
+      "bool[3] output_mask) -> (Tensor dx, Tensor[] dh0, Tensor[] dc0, Tensor[] dw_ih, Tensor[] dw_hh, "
       "Tensor[] db_ih, Tensor[] db_hh, Tensor[] dw_hr)");
 }

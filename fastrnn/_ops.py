@@ -42,12 +42,15 @@ def _layer_fwd_fake(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, 
 
 @torch.library.register_fake("fastrnn::layer_bwd")
 def _layer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                    b_ih, b_hh, w_hr, y, workspace, reverse):
-    def like(t: Optional[Tensor]) -> Tensor:
-        return x.new_empty((0,)) if t is None else t.new_empty(t.shape)
+                    b_ih, b_hh, w_hr, y, workspace, reverse, output_mask):
+    want_dx, want_state, want_params = output_mask
 
-    return (like(x), like(h0), like(c0), like(w_ih), like(w_hh), like(b_ih), like(b_hh),
-            like(w_hr))
+    def like(t: Optional[Tensor], wanted: bool) -> Tensor:
+        """An absent input's gradient, or one not asked for, is empty."""
+        return x.new_empty((0,)) if t is None or not wanted else t.new_empty(t.shape)
+
+    return (like(x, want_dx), like(h0, want_state), like(c0, want_state),
+            *(like(t, want_params) for t in (w_ih, w_hh, b_ih, b_hh, w_hr)))
 
 
 def _direction(d: int, *lists):
@@ -72,11 +75,11 @@ def _bilayer_fwd_fake(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
 
 @torch.library.register_fake("fastrnn::bilayer_bwd")
 def _bilayer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                      b_ih, b_hh, w_hr, y, workspace):
+                      b_ih, b_hh, w_hr, y, workspace, output_mask):
     dx, *per_direction = _as_lists(
         _layer_bwd_fake(mode, grad_y[d], grad_h_n[d], grad_c_n[d], x, batch_sizes,
                         *_direction(d, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), y[d], workspace[d],
-                        d == 1)
+                        d == 1, output_mask)
         for d in (0, 1)
     )
     return (dx[0], *per_direction)
@@ -113,14 +116,18 @@ class _LayerForTransforms(torch.autograd.Function):
             return torch.zeros_like(like) if g is None else g.contiguous()
 
         grad_c = dense(grad_c_n, c0) if ctx.mode == "LSTM" else x.new_empty((0,))
+        needs = ctx.needs_input_grad  # per forward argument: mode, x, batch_sizes, h0, c0, ...
+        mask = [needs[1], any(needs[3:5]), any(needs[5:10])]
         grads = torch.ops.fastrnn.layer_bwd.default(
             ctx.mode, dense(grad_y, y), dense(grad_h_n, h0), grad_c, x, batch_sizes, h0, c0,
-            w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, ctx.reverse,
+            w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, ctx.reverse, mask,
         )
-        # An absent optional input has no gradient (the kernel returns it empty).
+        # An absent optional input, or one not asked for, has no gradient (the
+        # kernel returns it empty).
+        wanted = (mask[0], mask[1], mask[1], *[mask[2]] * 5)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = (
-            None if given is None else g
-            for g, given in zip(grads, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+            g if given is not None and want else None
+            for g, given, want in zip(grads, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), wanted)
         )
         return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
 

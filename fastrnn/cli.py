@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--seq-lens", help="comma list of sequence lengths (default 16,64,256,1024 on CPU)")
     add("--batch", help="comma list of batch sizes (default 16 on CPU, 64 on GPU)")
     add("--hidden", help="comma list of hidden sizes = input sizes (default 128 on CPU, 256 on GPU)")
-    add("--mode", help="comma list from inference,training (default both)")
+    add("--mode", help="comma list from inference,training,training_params (default inference,training; "
+                       "training_params: gradients of the parameters only, as a first layer fed data)")
     add("--input", help="comma list from padded,packed (default both; cells run padded only)")
     add("--budget", type=float, default=timing.BUDGET_S,
         help=f"seconds of measured time per shape, at least {timing.MIN_ROUNDS} rounds (default {timing.BUDGET_S})")

@@ -129,6 +129,20 @@ def test_wrong_gradients_fail_in_training_mode_only(tmp_path, monkeypatch, capsy
     assert "grad_input: error" in err and "grad_weight_ih_l0: error" in err and "out: error" not in err
 
 
+def test_training_params_mode_asks_no_input_gradient(tmp_path):
+    """--mode training_params: a first layer's training step, the parameters'
+    gradients checked and the input's neither asked for nor compared."""
+    assert _run(tmp_path, "--cells", "gru,lstm_cell", "--mode", "training_params", "--backends",
+                "cpu,reference") == 0
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert {r["mode"] for r in doc["results"]} == {"training_params"}
+    assert doc["parity"] and all(
+        p["ok"] and "grad_input" not in p["errors"]
+        and any(name.startswith("grad_weight_ih") for name in p["errors"])
+        for p in doc["parity"]
+    )
+
+
 def test_declining_backend_is_recorded_not_timed(tmp_path, monkeypatch):
     monkeypatch.setattr(backends.get("reference"), "supports", lambda spec, x: "not today")
     assert _run(tmp_path, "--cells", "rnn_relu", "--mode", "inference", "--input", "padded") == 0

@@ -614,7 +614,7 @@ def test_opcheck(mode, proj, sizes, reverse, dtype):
     y, h_n, c_n, ws = torch.ops.fastrnn.layer_fwd(*plain)
     mode_, x, bs, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse_, _ = plain
     bwd = (mode, torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), x, bs, h0, c0,
-           w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, reverse)
+           w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, reverse, [True, True, True])
     torch.library.opcheck(torch.ops.fastrnn.layer_bwd, bwd)
 
 
@@ -640,7 +640,8 @@ def test_opcheck_bidirectional(mode, proj, dtype):
     plain = bi_op_args(mode, proj, PACKED, True, dtype)
     y, h_n, c_n, ws = torch.ops.fastrnn.bilayer_fwd(*plain)
     rand = lambda ts: [torch.randn_like(t) for t in ts]  # noqa: E731
-    bwd = (mode, rand(y), rand(h_n), rand(c_n), *plain[1:3], *plain[3:10], y, ws)
+    bwd = (mode, rand(y), rand(h_n), rand(c_n), *plain[1:3], *plain[3:10], y, ws,
+           [True, True, True])
     torch.library.opcheck(torch.ops.fastrnn.bilayer_bwd, bwd)
 
 
@@ -793,7 +794,8 @@ def test_bad_backward_inputs_raise():
 
     def bwd(grad_y=torch.ones_like(y), grad_c=c_n, workspace=ws, grad_h=torch.ones_like(h_n)):
         return torch.ops.fastrnn.layer_bwd("GRU", grad_y, grad_h, grad_c, x, bs, h0, c0, w_ih,
-                                           w_hh, b_ih, b_hh, w_hr, y, workspace, reverse)
+                                           w_hh, b_ih, b_hh, w_hr, y, workspace, reverse,
+                                           [True, True, True])
 
     bwd()  # the well-formed call works
     bad = [

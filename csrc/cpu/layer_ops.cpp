@@ -700,10 +700,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     const Tensor& grad_c_n, const Tensor& x, const Tensor& batch_sizes, const Tensor& h0,
     const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih,
     const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& y, const Tensor& workspace,
-    bool reverse) {
+    bool reverse, sig::OutputMask output_mask) {
   const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const auto ct = compute_type(x);
   const int64_t GH = L.G * L.H, H = L.H;
+  // The gradients asked for: the products of the others are skipped (dh0's
+  // W_hh term only where it is a product of its own, a single step's).
+  const auto [want_dx, want_state, want_params] = output_mask;
   check_tensor(grad_y, "grad_y", x);
   check_shape(grad_y, "grad_y", {L.N, L.P});
   check_tensor(grad_h_n, "grad_h_n", x);
@@ -735,8 +738,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   // A single bfloat16 step's products in bfloat16 where the forward's are.
   const bool single_bf16 = single && x.scalar_type() == at::kBFloat16 &&
                            prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
-  const Tensor xc = bf16_products || single_bf16 ? Tensor() : in_compute(x, ct);
-  const Tensor wih = bf16_products || single_bf16 ? Tensor() : in_compute(w_ih, ct);
+  const Tensor xc = bf16_products || single_bf16 || !want_params ? Tensor() : in_compute(x, ct);
+  const Tensor wih = bf16_products || single_bf16 || !want_dx ? Tensor() : in_compute(w_ih, ct);
   const Tensor whh = bf16_loop || single_bf16 ? Tensor() : in_compute(w_hh, ct);
   const Tensor gy = in_compute(grad_y, ct), yc = in_compute(y, ct), h0c = in_compute(h0, ct);
   const Tensor c0c = L.mode == Mode::LSTM ? in_compute(*c0, ct) : Tensor();
@@ -779,11 +782,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
                           : std::vector<Range>{{0, 0, GH}};
   Tensor dx, dw_ih, dw_hh;
   if (!bf16_products && !single) {
-    dx = fresh({L.N, L.I}, opts), dw_ih = at::empty({GH, L.I}, opts);
-    dw_hh = at::empty({GH, L.P}, opts);
+    if (want_dx) dx = fresh({L.N, L.I}, opts);
+    if (want_params) dw_ih = at::empty({GH, L.I}, opts), dw_hh = at::empty({GH, L.P}, opts);
   }
-  Tensor dw_hr = L.project ? at::empty({L.P, H}, opts) : Tensor();
-  std::vector<double> bias_sums(L.bias ? dgc : 0, 0.0);  // column sums of dG
+  Tensor dw_hr = L.project && want_params ? at::empty({L.P, H}, opts) : Tensor();
+  const bool bias_grads = L.bias && want_params;
+  std::vector<double> bias_sums(bias_grads ? dgc : 0, 0.0);  // column sums of dG
 
   AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
     using S = scalar_t;
@@ -827,9 +831,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     };
     const bool products = !single && !bf16_products;
     // dx = dG @ W_ih: on the blocks, W_ih packed once for every range.
-    const bool dx_blas = products && prefer_blas<S>(Product::InputGrad, range_rows, L.I, GH,
+    const bool dx_blas = products && want_dx && prefer_blas<S>(Product::InputGrad, range_rows, L.I, GH,
                                                     false, false, /*tokens_in_m=*/true);
-    const Packed<S> wih_p = !products || dx_blas
+    const Packed<S> wih_p = !products || !want_dx || dx_blas
                                 ? Packed<S>{nullptr, GH, L.I}
                                 : packed<S>(wih, GH, L.I, /*transpose=*/false, wih_storage);
     for (size_t i = 0; i < ranges.size(); ++i) {  // from the last steps processed back
@@ -838,18 +842,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
       backward_loop<S>(dims, args);
       const int64_t n = r.row1 - r.row0;
       const S* g = dg.data_ptr<S>() + (whole ? r.row0 * dgc : 0);
-      if (L.bias) add_column_sums<S>(n, dgc, g, dgc, bias_sums.data());
+      if (bias_grads) add_column_sums<S>(n, dgc, g, dgc, bias_sums.data());
       if (whole) continue;  // every row in one buffer: products below
       // This range's share of the input and weight gradients (gemm.h):
       // dx rows = dG @ W_ih; dW_ih += dG^T X; dW_hh += dG_h^T H_prev;
       // dW_hr += dY^T H_cell.
       const bool acc = i > 0;
-      S* dx_rows = dx.data_ptr<S>() + r.row0 * L.I;
-      if (dx_blas) {
+      S* dx_rows = want_dx ? dx.data_ptr<S>() + r.row0 * L.I : nullptr;
+      if (want_dx && dx_blas) {
         blas_gemm<S>(n, L.I, GH, g, dgc, false, wih.data_ptr<S>(), false, dx_rows, L.I, false);
-      } else {
+      } else if (want_dx) {
         gemm<S>(n, g, dgc, false, wih_p, dx_rows, L.I, false);
       }
+      if (!want_params) continue;
       product(Product::InputWeightGrad, false, GH, L.I, n, g, dgc,
               xc.data_ptr<S>() + r.row0 * L.I, dw_ih.data_ptr<S>(), L.I, acc);
       for (const Range& hr : hidden_side)
@@ -870,18 +875,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     const auto dt = single_bf16 ? at::kBFloat16 : ct;
     const Tensor g = dg.to(dt), hp = h_prev.to(dt), g_x = g.narrow(1, 0, GH);
     const Tensor& wh = single_bf16 ? w_hh : whh;
-    dx = at::mm(g_x, single_bf16 ? w_ih : wih);
-    dw_ih = at::mm(g_x.t(), single_bf16 ? x : xc);
+    if (want_dx) dx = at::mm(g_x, single_bf16 ? w_ih : wih);
+    if (want_params) dw_ih = at::mm(g_x.t(), single_bf16 ? x : xc);
     std::vector<Tensor> rows;
     for (const Range& r : hidden_side) {
       const Tensor g_r = g.narrow(1, r.dg_col, r.rows);
-      rows.push_back(at::mm(g_r.t(), hp));
+      if (want_params) rows.push_back(at::mm(g_r.t(), hp));
+      if (!want_state) continue;
       // dh0's W_hh term; GRU's loop already wrote its direct term dh * z.
       const Tensor term = at::mm(g_r, wh.narrow(0, r.w_row, r.rows));
       if (L.mode == Mode::GRU) dh.add_(term); else dh.copy_(term);
     }
-    dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
-    if (L.project) at::mm_out(dw_hr, dy_total.t(), h_cell);
+    if (want_params) dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
+    if (L.project && want_params) at::mm_out(dw_hr, dy_total.t(), h_cell);
   } else if (bf16_products) {
     // A bfloat16 layer on a CPU with bf16 dot products: dG rounded to bfloat16
     // (x, y, h_prev and the weights are bfloat16 values already), products by
@@ -889,20 +895,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     // against 80-110 for fp32), accumulated in fp32 and rounded once to the
     // bfloat16 gradients returned anyway; torch.nn's bf16 kernels do the same.
     if (!bf16_loop) dg16 = cached_empty(dg.sizes(), x.options()).copy_(dg);  // else the loop wrote it
-    const Tensor hp16 = cached_empty(h_prev.sizes(), x.options()).copy_(h_prev);
     const Tensor dg16_x = dg16.narrow(1, 0, GH);
-    dx = at::mm(dg16_x, w_ih);
-    dw_ih = at::mm(dg16_x.t(), x);
-    std::vector<Tensor> rows;
-    for (const Range& r : hidden_side)
-      rows.push_back(at::mm(dg16.narrow(1, r.dg_col, r.rows).t(), hp16));
-    dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
+    if (want_dx) dx = at::mm(dg16_x, w_ih);
+    if (want_params) {
+      const Tensor hp16 = cached_empty(h_prev.sizes(), x.options()).copy_(h_prev);
+      dw_ih = at::mm(dg16_x.t(), x);
+      std::vector<Tensor> rows;
+      for (const Range& r : hidden_side)
+        rows.push_back(at::mm(dg16.narrow(1, r.dg_col, r.rows).t(), hp16));
+      dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
+    }
   }
 
   // Bias gradients from the column sums of dG: the input side's columns 0..GH
   // and the hidden side's ranges (for GRU not the same columns).
   Tensor db_ih, db_hh;
-  if (L.bias) {
+  if (bias_grads) {
     db_ih = at::empty({GH}, opts), db_hh = at::empty({GH}, opts);
     AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd_bias", [&] {
       std::copy_n(bias_sums.data(), GH, db_ih.data_ptr<scalar_t>());
@@ -911,16 +919,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     });
   }
 
+  // An output not asked for, or of an absent input, is empty; each its own
+  // tensor, as outputs must not alias.
   const auto out = x.scalar_type();
-  auto none = [&] { return at::empty({0}, x.options()); };  // distinct: outputs must not alias
-  return {dx.to(out),
-          dh.to(out),
-          dc.defined() ? dc.to(out) : none(),
-          dw_ih.to(out),
-          dw_hh.to(out),
-          L.bias ? db_ih.to(out) : none(),
-          L.bias ? db_hh.to(out) : none(),
-          L.project ? dw_hr.to(out) : none()};
+  auto result = [&](const Tensor& t) {
+    return t.defined() ? t.to(out) : at::empty({0}, x.options());
+  };
+  return {result(dx),    result(want_state ? dh : Tensor()), result(want_state ? dc : Tensor()),
+          result(dw_ih), result(dw_hh), result(db_ih), result(db_hh), result(dw_hr)};
 }
 
 // Runs fn(d) for d = 0 (forward) and 1 (reverse), concurrently when there are

@@ -5,7 +5,8 @@
 //   [projection] dy_total = dh + dy;  dh_cell = dy_total @ W_hr          (cuBLAS)
 //   backward_step: gate gradients dgx, dgh (and dc, GRU's direct dh)      (fastrnn/cuda/step.cuh)
 //   dh[:rows] = dgh @ W_hh (+ GRU's direct term, via addmm)               (cuBLAS)
-// then the weight and input gradients as whole-sequence GEMMs:
+// then the weight and input gradients as whole-sequence GEMMs (those that
+// output_mask asks for):
 //   dx = dgx @ W_ih   dW_ih = dgx^T x   dW_hh = dgh^T h_prev   dW_hr = dy_total^T h_cell
 // h_prev (and c_prev) of every token are gathered once: a token's previous
 // state is its row in the previous step's y (workspace c), or h0 (c0) when the
@@ -126,7 +127,8 @@ layer_bwd_cuda(const std::string& mode, const at::Tensor& grad_y, const at::Tens
                const at::Tensor& h0, const std::optional<at::Tensor>& c0, const at::Tensor& w_ih,
                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-               const at::Tensor& y, const at::Tensor& workspace, bool reverse) {
+               const at::Tensor& y, const at::Tensor& workspace, bool reverse,
+               sig::OutputMask output_mask) {
   const Layer L = check_layer(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   check_same(grad_y, x, "grad_y");
   check_shape(grad_y, {L.tokens, L.out}, "grad_y");
@@ -181,14 +183,19 @@ layer_bwd_cuda(const std::string& mode, const at::Tensor& grad_y, const at::Tens
     }
   });
 
-  const at::Tensor dx = at::mm(g.dgx, w_ih);
+  // Only the gradients asked for (output_mask); the others are empty.
+  const auto [want_dx, want_state, want_params] = output_mask;
+  const at::Tensor dx = want_dx ? at::mm(g.dgx, w_ih) : absent(x);
+  const at::Tensor dh0 = want_state ? g.dh : absent(x);
+  const at::Tensor dc0 =
+      want_state && L.mode == Mode::LSTM ? g.dc.to(x.scalar_type()) : absent(x);
+  if (!want_params) return {dx, dh0, dc0, absent(x), absent(x), absent(x), absent(x), absent(x)};
   const at::Tensor dw_ih = at::mm(g.dgx.t(), x);
   const at::Tensor dw_hh = at::mm(g.dgh.t(), h_prev);
   const at::Tensor db_ih = L.bias ? g.dgx.sum(0) : absent(x);
   const at::Tensor db_hh = L.bias ? g.dgh.sum(0) : absent(x);
   const at::Tensor dw_hr = L.proj ? at::mm(g.dy_total.t(), g.h_cell) : absent(x);
-  const at::Tensor dc0 = L.mode == Mode::LSTM ? g.dc.to(x.scalar_type()) : absent(x);
-  return {dx, g.dh, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+  return {dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
 }
 
 }  // namespace

@@ -31,7 +31,11 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-MODES = ("inference", "training")
+MODES = ("inference", "training")  # the default grid's
+# A training step as a first layer fed data takes it: gradients of the
+# parameters only, the input needing none (no dx). Named with --mode.
+TRAINING_PARAMS = "training_params"
+KNOWN_MODES = MODES + (TRAINING_PARAMS,)
 INPUTS = ("padded", "packed")
 
 # Defaults sized so that the default CPU run (parity included) stays within a few
@@ -79,6 +83,11 @@ class Config:
 
     @property
     def training(self) -> bool:
+        return self.mode in ("training", TRAINING_PARAMS)
+
+    @property
+    def input_grad(self) -> bool:
+        """Whether a training step asks for the input's gradient too."""
         return self.mode == "training"
 
     @property
@@ -127,7 +136,7 @@ def build_grid(
     """
     _check("cell", cells, CELLS)
     _check("dtype", dtype, DTYPES)
-    _check("mode", mode, MODES)
+    _check("mode", mode, KNOWN_MODES)
     _check("input", inputs, INPUTS)
     for name, values in (("seq-lens", seq_lens), ("batch", batch), ("hidden", hidden)):
         if not values or any(v < 1 for v in values):

@@ -11,8 +11,9 @@ Shapes (T steps, B batch, H hidden = input size, N = tokens):
     cells    data (T, B, H)  fed one step per call, the way a decoder loop drives a cell
 
 A training step is forward + backward of out against the fixed cotangent, with
-gradients for the input and every parameter, after setting old ones to None
-(what optimizer.zero_grad() does by default). Inference runs under no_grad.
+gradients for the input and every parameter (mode training_params: the
+parameters only), after setting old ones to None (what optimizer.zero_grad()
+does by default). Inference runs under no_grad.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class Workload:
         else:
             self.tokens = steps * batch
         # A leaf, so the training step can ask for its gradient.
-        self.data: Tensor = x.detach().requires_grad_(cfg.training)
+        self.data: Tensor = x.detach().requires_grad_(cfg.input_grad)
         out_rows = (self.tokens,) if cfg.packed else (steps, batch)
         out_size = cfg.hidden * (2 if cfg.bidirectional else 1)
         self.cotangent = torch.randn(*out_rows, out_size, generator=gen).to(device, dtype)
@@ -136,14 +137,15 @@ class Workload:
 
     def _evaluate(self, module: nn.Module, data: Tensor, impl: str) -> dict[str, Tensor]:
         training = self.cfg.training
-        data = data.detach().requires_grad_(training)
+        data = data.detach().requires_grad_(self.cfg.input_grad)
         module.zero_grad(set_to_none=True)
         with self._selected(impl), torch.set_grad_enabled(training):
             out = self._forward(module, data)
             if training:
                 out.backward(self.cotangent.to(out.dtype))
         got = {"out": out}
-        if training:
+        if self.cfg.input_grad:
             got["grad_input"] = data.grad
+        if training:
             got.update((f"grad_{name}", p.grad) for name, p in module.named_parameters())
         return {name: t.detach().double() for name, t in got.items()}

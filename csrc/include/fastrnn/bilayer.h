@@ -62,7 +62,7 @@ bilayer_bwd(const std::string& mode, at::TensorList grad_y, at::TensorList grad_
             at::TensorList grad_c_n, const at::Tensor& x, const at::Tensor& batch_sizes,
             at::TensorList h0, at::TensorList c0, at::TensorList w_ih, at::TensorList w_hh,
             at::TensorList b_ih, at::TensorList b_hh, at::TensorList w_hr, at::TensorList y,
-            at::TensorList workspace) {
+            at::TensorList workspace, sig::OutputMask output_mask) {
   using namespace bilayer_detail;
   check_pair(grad_y, "grad_y"), check_pair(grad_h_n, "grad_h_n");
   check_pair(grad_c_n, "grad_c_n"), check_pair(h0, "h0"), check_pair(c0, "c0", true);
@@ -74,7 +74,7 @@ bilayer_bwd(const std::string& mode, at::TensorList grad_y, at::TensorList grad_
     std::tie(dx[d], dh0[d], dc0[d], dw_ih[d], dw_hh[d], db_ih[d], db_hh[d], dw_hr[d]) =
         layer_bwd(mode, grad_y[d], grad_h_n[d], grad_c_n[d], x, batch_sizes, h0[d],
                   direction(c0, d), w_ih[d], w_hh[d], direction(b_ih, d), direction(b_hh, d),
-                  direction(w_hr, d), y[d], workspace[d], /*reverse=*/d == 1);
+                  direction(w_hr, d), y[d], workspace[d], /*reverse=*/d == 1, output_mask);
   });
   return {dx[0].add_(dx[1]), dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
 }

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -21,6 +22,9 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 using Tensors = std::vector<Tensor>;
 using at::TensorList;
+// layer_bwd's `bool[3] output_mask`: which gradients to compute,
+// [dx, (dh0, dc0), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)] (csrc/ops.cpp).
+using OutputMask = std::array<bool, 3>;
 
 // layer_fwd(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, save)
 //   -> (y, h_n, c_n, workspace)
@@ -30,12 +34,13 @@ using LayerFwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor>(
     bool);
 
 // layer_bwd(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
-//           b_hh, w_hr, y, workspace, reverse)
+//           b_hh, w_hr, y, workspace, reverse, output_mask)
 //   -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
 using LayerBwdFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const std::string&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
     const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-    const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, bool);
+    const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, bool,
+    OutputMask);
 
 // bilayer_fwd(mode, x, batch_sizes, h0[2], c0[], w_ih[2], w_hh[2], b_ih[], b_hh[], w_hr[], save)
 //   -> (y[2], h_n[2], c_n[2], workspace[2])
@@ -44,13 +49,13 @@ using BilayerFwdFn = std::tuple<Tensors, Tensors, Tensors, Tensors>(
     TensorList, TensorList, TensorList, TensorList, bool);
 
 // bilayer_bwd(mode, grad_y[2], grad_h_n[2], grad_c_n[2], x, batch_sizes, h0[2], c0[],
-//             w_ih[2], w_hh[2], b_ih[], b_hh[], w_hr[], y[2], workspace[2])
+//             w_ih[2], w_hh[2], b_ih[], b_hh[], w_hr[], y[2], workspace[2], output_mask)
 //   -> (dx, dh0[2], dc0[2], dw_ih[2], dw_hh[2], db_ih[2], db_hh[2], dw_hr[2])
 using BilayerBwdFn =
     std::tuple<Tensor, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors, Tensors>(
         const std::string&, TensorList, TensorList, TensorList, const Tensor&, const Tensor&,
         TensorList, TensorList, TensorList, TensorList, TensorList, TensorList, TensorList,
-        TensorList, TensorList);
+        TensorList, TensorList, OutputMask);
 }  // namespace sig
 
 // One tag per op: its name in the schema block and its kernels' function type.
