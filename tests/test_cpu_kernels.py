@@ -399,6 +399,24 @@ def test_bfloat16_single_step(mode, proj, bias, pin, monkeypatch):
     assert_matches_oracle(case, False, 1, torch.bfloat16)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 3, 5])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_bfloat16_single_step_on_rows_times_wt(mode, batch, threads, monkeypatch):
+    """A single bfloat16 step's forward products on fastrnn's own
+    rows_times_wt_bf16 and the backward's dx and dh0 on rows_times_w_bf16
+    (gemv_bf16.h; FASTRNN_CPU_PRODUCTS=own picks them where the build has
+    AVX512-BF16, else the widened fp32 products): K = 37 (one masked tail of
+    5 after 32) and 257 (a tail of 1), gate columns 1028 / 771 / 257 (blocks
+    of 4 weight rows, then none, 3 or 1 left; GRU's dh0 accumulates onto its
+    direct term), dx's 37 and dh0's 257 columns (masked tails in the last
+    64-column panel), rows 1-5 (blocks of 4, then 1), the columns shared by 2
+    threads; outputs and gradients against the oracle."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "own")
+    case = make_case(mode, sizes=[batch], hidden=257, input_size=37, dtype=torch.bfloat16)
+    assert_matches_oracle(case, False, threads, torch.bfloat16)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_bfloat16_projection_in_chunks(mode, reverse, monkeypatch):

@@ -28,6 +28,7 @@
 #include "fastrnn/bilayer.h"
 #include "fastrnn/cpu/block_cache.h"
 #include "fastrnn/cpu/gemm.h"
+#include "fastrnn/cpu/gemv_bf16.h"
 #include "fastrnn/cpu/product_choice.h"
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
@@ -511,11 +512,16 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // cells do (ATen's bf16 matmul: fp32 sums, the gates rounded to bfloat16),
   // where that beats widening both weights every call, as measured
   // (prefer_bf16_single_step).
+  // With few rows, its own rows_times_wt_bf16 where that measures faster
+  // still (prefer_gemv_bf16_single_step): fp32 sums, the gates not rounded.
   const bool single_bf16 = single && x.scalar_type() == at::kBFloat16 &&
                            prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
-  const Tensor xc = fp32_input && !single_bf16 ? in_compute(x, ct) : Tensor();
-  const Tensor wih = fp32_input && !single_bf16 ? in_compute(w_ih, ct) : Tensor();
-  const Tensor whh = bf16_products || single_bf16 ? Tensor() : in_compute(w_hh, ct);
+  const bool single_gemv = single && x.scalar_type() == at::kBFloat16 &&
+                           prefer_gemv_bf16_single_step(L.B, L.I, L.P, L.G * L.H, single_bf16);
+  const bool widen = !single_bf16 && !single_gemv;
+  const Tensor xc = fp32_input && widen ? in_compute(x, ct) : Tensor();
+  const Tensor wih = fp32_input && widen ? in_compute(w_ih, ct) : Tensor();
+  const Tensor whh = bf16_products || !widen ? Tensor() : in_compute(w_hh, ct);
   const auto opts = x.options().dtype(ct);
 
   const Tensor h0c = in_compute(h0, ct);
@@ -530,13 +536,19 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // each, every bias with its own product (GRU's b_hn sits in gh0's n
   // columns, inside the reset gate's product, as the loop expects).
   auto product = [&](const Tensor& a, const Tensor& w, const OptTensor& b) {
+    if (single_gemv) {
+      const Tensor out = at::empty({L.B, w.size(0)}, opts);
+      const Tensor bias = L.bias ? in_compute(*b, ct) : Tensor();
+      rows_times_wt_bf16(L.B, bits(a), a.size(1), bits(w), w.size(0), w.size(1),
+                         L.bias ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(),
+                         w.size(0));
+      return out;
+    }
     if (single_bf16) return (L.bias ? at::addmm(*b, a, w.t()) : at::mm(a, w.t())).to(ct);
     return L.bias ? at::addmm(in_compute(*b, ct), a, w.t()) : at::mm(a, w.t());
   };
-  const Tensor gx_single =
-      single ? product(single_bf16 ? x : xc, single_bf16 ? w_ih : wih, b_ih) : Tensor();
-  const Tensor gh0 =
-      single ? product(single_bf16 ? h0 : h0c, single_bf16 ? w_hh : whh, b_hh) : Tensor();
+  const Tensor gx_single = single ? product(widen ? xc : x, widen ? wih : w_ih, b_ih) : Tensor();
+  const Tensor gh0 = single ? product(widen ? h0c : h0, widen ? whh : w_hh, b_hh) : Tensor();
 
   // The loop's per-step scratch (ForwardArgs::gh).
   const int64_t rows = L.B * scratch_copies(dims, ct);
@@ -735,12 +747,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   // W_hh) need no fp32 copy.
   const bool bf16_products = bf16_operands(L, x);
   const bool bf16_loop = bf16_products && H % 2 == 0;
-  // A single bfloat16 step's products in bfloat16 where the forward's are.
+  // A single bfloat16 step's products in bfloat16 where the forward's are,
+  // and dx and dh0 on rows_times_w_bf16 where the forward's ran on its
+  // rows_times_wt_bf16 (the weight products then as prefer_bf16_single_step
+  // chose).
   const bool single_bf16 = single && x.scalar_type() == at::kBFloat16 &&
                            prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
+  const bool single_gemv = single && x.scalar_type() == at::kBFloat16 &&
+                           prefer_gemv_bf16_single_step(L.B, L.I, L.P, L.G * L.H, single_bf16);
   const Tensor xc = bf16_products || single_bf16 || !want_params ? Tensor() : in_compute(x, ct);
-  const Tensor wih = bf16_products || single_bf16 || !want_dx ? Tensor() : in_compute(w_ih, ct);
-  const Tensor whh = bf16_loop || single_bf16 ? Tensor() : in_compute(w_hh, ct);
+  const Tensor wih =
+      bf16_products || single_bf16 || single_gemv || !want_dx ? Tensor() : in_compute(w_ih, ct);
+  const Tensor whh = bf16_loop || single_bf16 || single_gemv ? Tensor() : in_compute(w_hh, ct);
   const Tensor gy = in_compute(grad_y, ct), yc = in_compute(y, ct), h0c = in_compute(h0, ct);
   const Tensor c0c = L.mode == Mode::LSTM ? in_compute(*c0, ct) : Tensor();
   const auto opts = x.options().dtype(ct);
@@ -875,7 +893,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     const auto dt = single_bf16 ? at::kBFloat16 : ct;
     const Tensor g = dg.to(dt), hp = h_prev.to(dt), g_x = g.narrow(1, 0, GH);
     const Tensor& wh = single_bf16 ? w_hh : whh;
-    if (want_dx) dx = at::mm(g_x, single_bf16 ? w_ih : wih);
+    if (want_dx && single_gemv) {
+      dx = at::empty({L.B, L.I}, opts);
+      rows_times_w_bf16(L.B, dg.data_ptr<float>(), dgc, bits(w_ih), GH, L.I,
+                        dx.data_ptr<float>(), L.I, false);
+    } else if (want_dx) {
+      dx = at::mm(g_x, single_bf16 ? w_ih : wih);
+    }
     if (want_params) dw_ih = at::mm(g_x.t(), single_bf16 ? x : xc);
     std::vector<Tensor> rows;
     for (const Range& r : hidden_side) {
@@ -883,8 +907,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
       if (want_params) rows.push_back(at::mm(g_r.t(), hp));
       if (!want_state) continue;
       // dh0's W_hh term; GRU's loop already wrote its direct term dh * z.
+      const bool gru = L.mode == Mode::GRU;
+      if (single_gemv) {
+        rows_times_w_bf16(L.B, dg.data_ptr<float>() + r.dg_col, dgc, bits(w_hh) + r.w_row * L.P,
+                          r.rows, L.P, dh.data_ptr<float>(), L.P, /*accumulate=*/gru);
+        continue;
+      }
       const Tensor term = at::mm(g_r, wh.narrow(0, r.w_row, r.rows));
-      if (L.mode == Mode::GRU) dh.add_(term); else dh.copy_(term);
+      if (gru) dh.add_(term); else dh.copy_(term);
     }
     if (want_params) dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
     if (L.project && want_params) at::mm_out(dw_hr, dy_total.t(), h_cell);

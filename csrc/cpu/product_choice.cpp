@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fastrnn/cpu/gemm.h"
+#include "fastrnn/cpu/gemv_bf16.h"
 #include "fastrnn/cpu/small_gemm.h"
 #include "fastrnn/cpu/small_gemm_bf16.h"
 #include "fastrnn/cpu/ukernel_bf16.h"
@@ -56,11 +57,11 @@ using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, boo
 // projection per step (a second product of the step) and the recurrent step.
 // Each has its own slot in a thread's last-times cache, so that a layer
 // called in a loop, which looks up several of them per call, takes no lock.
-// kProducts: Product's five and these six. kAtenLstm keys race_calls, which
+// kProducts: Product's five and these seven. kAtenLstm keys race_calls, which
 // keeps its own races.
-constexpr int kAtenLstm = -7, kBf16Single = -6, kBf16BackStep = -5, kBlasSteps = -4,
-              kBf16Packing = -3, kInputStep = -2, kRecurrentStep = -1;
-constexpr size_t kProducts = 11;
+constexpr int kAtenLstm = -8, kBf16Gemv = -7, kBf16Single = -6, kBf16BackStep = -5,
+              kBlasSteps = -4, kBf16Packing = -3, kInputStep = -2, kRecurrentStep = -1;
+constexpr size_t kProducts = 12;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time: one warm-up, then the best of
@@ -72,7 +73,7 @@ Times cached_times(const Key& key, const Measure& time_both, double round_second
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16Single)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16Gemv)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -315,6 +316,42 @@ bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH) {
     return Times{widened, in_bf16, 0.0};
   });
   return blas_wins(t.own, t.blas);
+}
+
+bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, bool in_bf16) {
+  if (!kBf16Products) return false;
+  bool aten;
+  if (products_pinned(&aten)) return !aten;
+  const Key key{kBf16Gemv, 2, B, GH, I, in_bf16, false, at::get_num_threads(),
+                at::in_parallel_region(), P};
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+  at::Tensor x, h, w_ih, w_hh, out;
+  const Times t = cached_times(key, [&](int64_t repeats) {
+    if (!x.defined()) {
+      x = at::full({B, I}, 0.5, bf16), h = at::full({B, P}, 0.5, bf16);
+      w_ih = at::full({GH, I}, 0.25, bf16), w_hh = at::full({GH, P}, 0.25, bf16);
+      out = at::empty({B, GH}, at::kFloat);
+    }
+    auto bits = [](const at::Tensor& t) {
+      return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+    };
+    const double gemv = seconds_of(repeats, [&] {
+      float* o = out.data_ptr<float>();
+      rows_times_wt_bf16(B, bits(x), I, bits(w_ih), GH, I, nullptr, o, GH);
+      rows_times_wt_bf16(B, bits(h), P, bits(w_hh), GH, P, nullptr, o, GH);
+    });
+    // The chosen way as layer_fwd runs it (prefer_bf16_single_step's timing).
+    const double chosen = seconds_of(repeats, [&] {
+      if (in_bf16) {
+        at::mm(x, w_ih.t()).to(at::kFloat), at::mm(h, w_hh.t()).to(at::kFloat);
+      } else {
+        at::mm(x.to(at::kFloat), w_ih.to(at::kFloat).t());
+        at::mm(h.to(at::kFloat), w_hh.to(at::kFloat).t());
+      }
+    });
+    return Times{gemv, chosen, 0.0};
+  });
+  return !blas_wins(t.own, t.blas);
 }
 
 bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,

@@ -108,6 +108,15 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
 // FASTRNN_CPU_PRODUCTS pins it (blas: bfloat16).
 bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH);
 
+// Whether that step's forward products run faster on fastrnn's own
+// rows_times_wt_bf16 (gemv_bf16.h: W read as stored, nothing packed or
+// reordered) than the way prefer_bf16_single_step chose (`in_bf16`), timed
+// once per shape and thread count; the backward keeps that choice. At B = 1
+// on the Emerald Rapids Xeon: ~10 us against oneDNN's ~55 per product; at
+// B = 8 the matmul led. Only with kBf16Products (small_gemm_bf16.h).
+// FASTRNN_CPU_PRODUCTS pins it (own: yes).
+bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, bool in_bf16);
+
 // Seconds a bfloat16 layer spends packing weights once per call, per plan:
 // `own` to pack W_hh (n, P) and, where it projects per step, W_ih (n, I) for
 // small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h); `blas` to pack

@@ -1,0 +1,147 @@
+// Rows times a stored bfloat16 weight or its transpose (interface and
+// contract: fastrnn/cpu/gemv_bf16.h).
+// W^T: four weight rows at a time; each chunk of 32 k loads one (32-element)
+// piece of each of the four rows and of the A row, and four vdpbf16ps
+// accumulate; the four weight rows (4 x K x 2 bytes, 8 KiB at K = 1024) stay
+// in L1 while every A row passes over them.
+// W: 64 columns at a time, 4 rows of A in 16 accumulators; each g widens one
+// 64-column piece of W's row g (exact: a bfloat16 is the top half of a
+// float) and adds A[r, g] times it, an fp32 FMA.
+#include "fastrnn/cpu/gemv_bf16.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "fastrnn/cpu/small_gemm_bf16.h"
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+namespace fastrnn::cpu {
+
+#if defined(__AVX512BF16__)
+namespace {
+
+// 32 bf16 values from p[0 : count] (count <= 32), zeros past the end.
+inline __m512bh load_pairs(const uint16_t* p, int64_t count) {
+  const __mmask32 mask = count >= 32 ? ~__mmask32{0} : (__mmask32{1} << count) - 1;
+  return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
+}
+
+// The sum of v's 16 lanes (GCC 12's _mm512_reduce_add_ps warns of an
+// uninitialised value inside its own header).
+inline float sum_lanes(__m512 v) {
+  const __m256 s8 = _mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+  const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+// C[r, j0 : j0 + W_ROWS] for every row r, W_ROWS <= 4.
+template <int W_ROWS>
+void weight_rows(int64_t rows, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0,
+                 int64_t K, const float* bias, float* C, int64_t ldc) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* a = A + r * lda;
+    __m512 acc[W_ROWS];
+    for (int q = 0; q < W_ROWS; ++q) acc[q] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 32) {
+      const int64_t count = std::min<int64_t>(32, K - k);
+      const __m512bh av = load_pairs(a + k, count);
+      for (int q = 0; q < W_ROWS; ++q)
+        acc[q] = _mm512_dpbf16_ps(acc[q], load_pairs(W + (j0 + q) * K + k, count), av);
+    }
+    for (int q = 0; q < W_ROWS; ++q)
+      C[r * ldc + j0 + q] = sum_lanes(acc[q]) + (bias ? bias[j0 + q] : 0.0f);
+  }
+}
+
+}  // namespace
+
+void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint16_t* W,
+                        int64_t n, int64_t K, const float* bias, float* C, int64_t ldc) {
+  // Blocks of 4 outputs; a thread's share at least ~64K multiply-adds, so
+  // that small products stay on one thread.
+  const int64_t blocks = (n + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, 4 * K * rows));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t j0 = 4 * b;
+      switch (std::min<int64_t>(4, n - j0)) {
+        case 1: weight_rows<1>(rows, A, lda, W, j0, K, bias, C, ldc); break;
+        case 2: weight_rows<2>(rows, A, lda, W, j0, K, bias, C, ldc); break;
+        case 3: weight_rows<3>(rows, A, lda, W, j0, K, bias, C, ldc); break;
+        default: weight_rows<4>(rows, A, lda, W, j0, K, bias, C, ldc); break;
+      }
+    }
+  });
+}
+namespace {
+
+// 16 bfloat16 values from p[0 : count] (count <= 16) widened to fp32, zeros past the end.
+inline __m512 widen(const uint16_t* p, __mmask16 mask) {
+  // (The maskz forms: GCC 12's plain ones warn of an uninitialised value.)
+  const __m512i bits = _mm512_maskz_cvtepu16_epi32(mask, _mm256_maskz_loadu_epi16(mask, p));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(mask, bits, 16));
+}
+
+// C[r0 : r0 + R, i0 : i0 + 16 * V] (masked to n): R rows of A x V vectors of
+// W's columns in registers over the whole sum over g.
+template <int R, int V>
+void column_block(const float* A, int64_t lda, const uint16_t* W, int64_t G, int64_t n,
+                  int64_t i0, float* C, int64_t ldc, bool accumulate) {
+  __mmask16 mask[V];
+  for (int v = 0; v < V; ++v) {
+    const int64_t left = std::clamp<int64_t>(n - i0 - 16 * v, 0, 16);
+    mask[v] = static_cast<__mmask16>((uint32_t{1} << left) - 1);
+  }
+  __m512 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v)
+      acc[r][v] = accumulate ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + i0 + 16 * v)
+                             : _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 w[V];
+    for (int v = 0; v < V; ++v) w[v] = widen(W + g * n + i0 + 16 * v, mask[v]);
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + g]);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(C + r * ldc + i0 + 16 * v, mask[v], acc[r][v]);
+}
+
+}  // namespace
+
+void rows_times_w_bf16(int64_t rows, const float* A, int64_t lda, const uint16_t* W, int64_t G,
+                       int64_t n, float* C, int64_t ldc, bool accumulate) {
+  // Panels of 64 columns (4 vectors); rows in blocks of 4 (16 accumulators).
+  constexpr int64_t kCols = 64;
+  const int64_t panels = (n + kCols - 1) / kCols;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, kCols * G * rows));
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+        const float* a = A + r0 * lda;
+        float* c = C + r0 * ldc;
+        switch (std::min<int64_t>(4, rows - r0)) {
+          case 1: column_block<1, 4>(a, lda, W, G, n, p * kCols, c, ldc, accumulate); break;
+          case 2: column_block<2, 4>(a, lda, W, G, n, p * kCols, c, ldc, accumulate); break;
+          case 3: column_block<3, 4>(a, lda, W, G, n, p * kCols, c, ldc, accumulate); break;
+          default: column_block<4, 4>(a, lda, W, G, n, p * kCols, c, ldc, accumulate); break;
+        }
+      }
+    }
+  });
+}
+#else
+void rows_times_wt_bf16(int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t,
+                        const float*, float*, int64_t) {}
+void rows_times_w_bf16(int64_t, const float*, int64_t, const uint16_t*, int64_t, int64_t, float*,
+                       int64_t, bool) {}
+#endif
+
+}  // namespace fastrnn::cpu
