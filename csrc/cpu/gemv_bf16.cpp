@@ -1,9 +1,9 @@
 // Rows times a stored bfloat16 weight or its transpose (interface and
 // contract: fastrnn/cpu/gemv_bf16.h).
-// W^T: four weight rows at a time; each chunk of 32 k loads one (32-element)
-// piece of each of the four rows and of the A row, and four vdpbf16ps
-// accumulate; the four weight rows (4 x K x 2 bytes, 8 KiB at K = 1024) stay
-// in L1 while every A row passes over them.
+// W^T: blocks of 4 weight rows x 4 rows of A, 16 vdpbf16ps accumulators
+// over the whole K, their lanes summed four at a time; the four weight rows
+// (4 x K x 2 bytes, 8 KiB at K = 1024) stay in L1 while every block of A
+// rows passes over them.
 // W: 64 columns at a time, 4 rows of A in 16 accumulators; each g widens one
 // 64-column piece of W's row g (exact: a bfloat16 is the top half of a
 // float) and adds A[r, g] times it, an fp32 FMA.
@@ -39,22 +39,59 @@ inline float sum_lanes(__m512 v) {
   return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
 }
 
-// C[r, j0 : j0 + W_ROWS] for every row r, W_ROWS <= 4.
-template <int W_ROWS>
-void weight_rows(int64_t rows, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0,
-                 int64_t K, const float* bias, float* C, int64_t ldc) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* a = A + r * lda;
-    __m512 acc[W_ROWS];
-    for (int q = 0; q < W_ROWS; ++q) acc[q] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 32) {
-      const int64_t count = std::min<int64_t>(32, K - k);
-      const __m512bh av = load_pairs(a + k, count);
-      for (int q = 0; q < W_ROWS; ++q)
-        acc[q] = _mm512_dpbf16_ps(acc[q], load_pairs(W + (j0 + q) * K + k, count), av);
+// {sum(v0), sum(v1), sum(v2), sum(v3)}: per 128-bit block, v0 and v1 (v2
+// and v3) interleaved and added pairwise, then the four side by side, then
+// the four blocks added. (maskz forms: GCC 12's plain unpack and shuffle warn
+// of an uninitialised value inside its own header.)
+inline __m128 sum_lanes4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
+  constexpr __mmask16 all = 0xFFFF;
+  const __m512 s01 = _mm512_add_ps(_mm512_maskz_unpacklo_ps(all, v0, v1),
+                                   _mm512_maskz_unpackhi_ps(all, v0, v1));
+  const __m512 s23 = _mm512_add_ps(_mm512_maskz_unpacklo_ps(all, v2, v3),
+                                   _mm512_maskz_unpackhi_ps(all, v2, v3));
+  const __m512 s = _mm512_add_ps(_mm512_maskz_shuffle_ps(all, s01, s23, 0x44),
+                                 _mm512_maskz_shuffle_ps(all, s01, s23, 0xEE));
+  const __m256 s8 = _mm256_add_ps(_mm512_extractf32x8_ps(s, 0), _mm512_extractf32x8_ps(s, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+}
+
+// C[r0 + r, j0 + q] for r < A_ROWS, q < W_ROWS (both <= 4): A_ROWS x W_ROWS
+// accumulators over the whole K; each chunk of 32 k loads W_ROWS pieces of W
+// and A_ROWS of A for A_ROWS x W_ROWS dot products.
+template <int A_ROWS, int W_ROWS>
+void block(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0, int64_t K,
+           const float* bias, float* C, int64_t ldc) {
+  __m512 acc[A_ROWS][W_ROWS];
+  for (int r = 0; r < A_ROWS; ++r)
+    for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    const int64_t count = std::min<int64_t>(32, K - k);
+    __m512bh w[W_ROWS];
+    for (int q = 0; q < W_ROWS; ++q) w[q] = load_pairs(W + (j0 + q) * K + k, count);
+    for (int r = 0; r < A_ROWS; ++r) {
+      const __m512bh a = load_pairs(A + r * lda + k, count);
+      for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], w[q], a);
     }
-    for (int q = 0; q < W_ROWS; ++q)
-      C[r * ldc + j0 + q] = sum_lanes(acc[q]) + (bias ? bias[j0 + q] : 0.0f);
+  }
+  for (int r = 0; r < A_ROWS; ++r) {
+    float* c = C + r * ldc + j0;
+    if constexpr (W_ROWS == 4) {
+      const __m128 sums = sum_lanes4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+      _mm_storeu_ps(c, bias ? _mm_add_ps(sums, _mm_loadu_ps(bias + j0)) : sums);
+    } else {
+      for (int q = 0; q < W_ROWS; ++q) c[q] = sum_lanes(acc[r][q]) + (bias ? bias[j0 + q] : 0.0f);
+    }
+  }
+}
+
+template <int W_ROWS>
+void rows_block(int64_t A_rows, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0,
+                int64_t K, const float* bias, float* C, int64_t ldc) {
+  switch (A_rows) {
+    case 1: block<1, W_ROWS>(A, lda, W, j0, K, bias, C, ldc); break;
+    case 2: block<2, W_ROWS>(A, lda, W, j0, K, bias, C, ldc); break;
+    case 3: block<3, W_ROWS>(A, lda, W, j0, K, bias, C, ldc); break;
+    default: block<4, W_ROWS>(A, lda, W, j0, K, bias, C, ldc); break;
   }
 }
 
@@ -69,11 +106,16 @@ void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint
   at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t j0 = 4 * b;
-      switch (std::min<int64_t>(4, n - j0)) {
-        case 1: weight_rows<1>(rows, A, lda, W, j0, K, bias, C, ldc); break;
-        case 2: weight_rows<2>(rows, A, lda, W, j0, K, bias, C, ldc); break;
-        case 3: weight_rows<3>(rows, A, lda, W, j0, K, bias, C, ldc); break;
-        default: weight_rows<4>(rows, A, lda, W, j0, K, bias, C, ldc); break;
+      for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+        const int64_t a_rows = std::min<int64_t>(4, rows - r0);
+        const uint16_t* a = A + r0 * lda;
+        float* c = C + r0 * ldc;
+        switch (std::min<int64_t>(4, n - j0)) {
+          case 1: rows_block<1>(a_rows, a, lda, W, j0, K, bias, c, ldc); break;
+          case 2: rows_block<2>(a_rows, a, lda, W, j0, K, bias, c, ldc); break;
+          case 3: rows_block<3>(a_rows, a, lda, W, j0, K, bias, c, ldc); break;
+          default: rows_block<4>(a_rows, a, lda, W, j0, K, bias, c, ldc); break;
+        }
       }
     }
   });
