@@ -12,6 +12,8 @@
 // [dx, the state's (dh0, dc0), the parameters' (dw_*, db_*)]; one not wanted
 // is an empty tensor too, and its products are skipped (autograd passes
 // needs_input_grad: no dx for a first layer whose input needs no gradient).
+// It defaults to all, so that a caller from before it (a graph compiled and
+// cached by an older fastrnn) still gets every gradient.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -41,7 +43,7 @@ TORCH_LIBRARY(fastrnn, m) {
       "layer_bwd(str mode, Tensor grad_y, Tensor grad_h_n, Tensor grad_c_n, Tensor x, "
       "Tensor batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
       "Tensor? b_hh, Tensor? w_hr, Tensor y, Tensor workspace, bool reverse, "
-      "bool[3] output_mask) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+      "bool[3] output_mask=[True, True, True]) -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
       "Tensor db_hh, Tensor dw_hr)");
   // Both directions of one bidirectional layer in one call, so a device can
   // run them concurrently. Per-direction arguments are lists of 2 ([forward,
@@ -56,6 +58,6 @@ TORCH_LIBRARY(fastrnn, m) {
       "bilayer_bwd(str mode, Tensor[] grad_y, Tensor[] grad_h_n, Tensor[] grad_c_n, Tensor x, "
       "Tensor batch_sizes, Tensor[] h0, Tensor[] c0, Tensor[] w_ih, Tensor[] w_hh, "
       "Tensor[] b_ih, Tensor[] b_hh, Tensor[] w_hr, Tensor[] y, Tensor[] workspace, "
-      "bool[3] output_mask) -> (Tensor dx, Tensor[] dh0, Tensor[] dc0, Tensor[] dw_ih, Tensor[] dw_hh, "
+      "bool[3] output_mask=[True, True, True]) -> (Tensor dx, Tensor[] dh0, Tensor[] dc0, Tensor[] dw_ih, Tensor[] dw_hh, "
       "Tensor[] db_ih, Tensor[] db_hh, Tensor[] dw_hr)");
 }

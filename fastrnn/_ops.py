@@ -42,7 +42,7 @@ def _layer_fwd_fake(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, 
 
 @torch.library.register_fake("fastrnn::layer_bwd")
 def _layer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                    b_ih, b_hh, w_hr, y, workspace, reverse, output_mask):
+                    b_ih, b_hh, w_hr, y, workspace, reverse, output_mask=(True, True, True)):
     want_dx, want_state, want_params = output_mask
 
     def like(t: Optional[Tensor], wanted: bool) -> Tensor:
@@ -75,7 +75,7 @@ def _bilayer_fwd_fake(mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
 
 @torch.library.register_fake("fastrnn::bilayer_bwd")
 def _bilayer_bwd_fake(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, h0, c0, w_ih, w_hh,
-                      b_ih, b_hh, w_hr, y, workspace, output_mask):
+                      b_ih, b_hh, w_hr, y, workspace, output_mask=(True, True, True)):
     dx, *per_direction = _as_lists(
         _layer_bwd_fake(mode, grad_y[d], grad_h_n[d], grad_c_n[d], x, batch_sizes,
                         *_direction(d, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), y[d], workspace[d],

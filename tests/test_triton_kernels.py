@@ -186,8 +186,62 @@ def test_opcheck_backward_op(mode, proj, bias, reverse):
     grads = [torch.randn_like(t) for t in (y, h_n, c_n)]
     torch.library.opcheck(
         triton_backend.layer_bwd,
-        [mode, *grads, x, bs, w_ih, w_hh, w_hr, hs, cs, saved, reverse, bias, "auto"],
+        [mode, *grads, x, bs, w_ih, w_hh, w_hr, hs, cs, saved, reverse, bias, "auto",
+         [True, True, True]],
     )
+
+
+@pytest.mark.parametrize("mask", [[False, True, True], [True, False, False], [False, False, True]],
+                         ids=str)
+@pytest.mark.parametrize("mode,proj", [("LSTM", 3), ("GRU", 0)])
+def test_backward_op_output_mask(mode, proj, mask):
+    """The gradients asked for equal those of a call asking for all (bitwise);
+    the others are empty, as the fake kernel says (opcheck)."""
+    args = _opcheck_args(mode, proj, True, False, False)
+    y, h_n, c_n, hs, cs, saved = triton_backend.layer_fwd(*args)
+    x, bs, w_ih, w_hh, w_hr = args[1], args[2], args[5], args[6], args[9]
+    grads = [torch.randn_like(t) for t in (y, h_n, c_n)]
+    call = [mode, *grads, x, bs, w_ih, w_hh, w_hr, hs, cs, saved, False, True, "auto"]
+    full = triton_backend.layer_bwd(*call, [True, True, True])
+    got = triton_backend.layer_bwd(*call, mask)
+    for i, (g, f) in enumerate(zip(got, full)):
+        wanted = mask[(0, 1, 1, 2, 2, 2, 2, 2)[i]] and f.numel() > 0
+        assert torch.equal(g, f) if wanted else g.numel() == 0, (i, mask)
+    torch.library.opcheck(triton_backend.layer_bwd, [*call, mask])
+    # No mask (a caller from before it, e.g. a graph cached by an older fastrnn): all.
+    for g, f in zip(triton_backend.layer_bwd(*call), full, strict=True):
+        assert torch.equal(g, f)
+
+
+def test_autograd_asks_for_what_is_needed():
+    """A layer whose input and state need no gradient: its backward op is
+    called with output_mask [False, False, True], and the parameters'
+    gradients match the oracle's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x, h0, _, *w = make_inputs("GRU", 13, 20, 0, True, (3, 3), seed=5)
+    bs = torch.tensor([3, 3])
+    x32, h32 = x.float().to(DEVICE), h0.float().to(DEVICE)
+    weights = [t.float().to(DEVICE).requires_grad_() for t in w[:4]]
+    masks = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "triton_layer_bwd" in str(func):
+                masks.append(list(args[-1]))
+            return func(*args, **(kwargs or {}))
+
+    y = triton_backend.layer_fwd("GRU", x32, bs, h32, None, *weights, None, False, "auto")[0]
+    with Log():
+        got = torch.autograd.grad(y.sum(), weights)
+    ref_w = [t.detach().double().requires_grad_() for t in weights]
+    spec = LayerSpec("GRU", 13, 20, 0, True)
+    y_ref = run_layer(spec, x32.double(), bs, h32.double(), None, LayerWeights(*ref_w, None),
+                      False)[0]
+    want = torch.autograd.grad(y_ref.sum(), ref_w)
+    assert masks == [[False, False, True]]
+    for g, r in zip(got, want, strict=True):
+        torch.testing.assert_close(g.double(), r, atol=1e-4, rtol=1e-4)
 
 
 def test_non_contiguous_and_stride0_grads():

@@ -4,11 +4,16 @@
                               w_hr?, reverse, family)
         -> (y, h_n, c_n, hs, cs, saved)
     fastrnn::triton_layer_bwd(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, w_ih,
-                              w_hh, w_hr?, hs, cs, saved, reverse, has_bias, family)
+                              w_hh, w_hr?, hs, cs, saved, reverse, has_bias, family,
+                              output_mask)
         -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
 
 hs, cs and saved are the fp32 buffers the backward pass reads (layout in
-fastrnn/triton/stages.py); outputs that do not apply are empty tensors. family
+fastrnn/triton/stages.py); outputs that do not apply are empty tensors, and so
+are those output_mask does not ask for ([dx, (dh0, dc0), parameters'], as the
+native fastrnn::layer_bwd takes it: autograd passes needs_input_grad; None, the
+default, asks for all, so that a caller from before it, such as a graph compiled
+and cached by an older fastrnn, still gets every gradient). family
 is "auto", "step" or "persistent"; both families write identical buffers, so
 either backward can follow either forward. The fake kernels let
 torch.compile(fullgraph=True) trace through the ops; register_autograd makes
@@ -87,29 +92,34 @@ def layer_bwd(
     mode: str, grad_y: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, x: Tensor,
     batch_sizes: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
     hs: Tensor, cs: Tensor, saved: Tensor, reverse: bool, has_bias: bool, family: str,
+    output_mask: Optional[list[bool]] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _launch().backward(
         mode, grad_y.contiguous(), grad_h_n.contiguous(), grad_c_n.contiguous(), x,
-        batch_sizes, w_ih, w_hh, w_hr, hs, cs, saved, reverse, has_bias, family,
+        batch_sizes, w_ih, w_hh, w_hr, hs, cs, saved, reverse, has_bias, family, output_mask,
     )
 
 
 @layer_bwd.register_fake
 def _(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, w_ih, w_hh, w_hr, hs, cs, saved,
-      reverse, has_bias, family):
+      reverse, has_bias, family, output_mask=None):
     N = x.shape[0]
     B = hs.shape[0] - N
     H, Hout = w_hh.shape[0] // GATES[mode], w_hh.shape[1]
-    empty = x.new_empty(0)
+    want_dx, want_state, want_params = output_mask or (True, True, True)
+
+    def out(wanted: bool, like: Tensor, *shape: int) -> Tensor:
+        return like.new_empty(shape) if wanted else x.new_empty(0)
+
     return (
-        torch.empty_like(x),
-        x.new_empty(B, Hout),
-        x.new_empty(B, H) if mode == "LSTM" else empty,
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
-        w_ih.new_empty(w_ih.shape[0]) if has_bias else x.new_empty(0),
-        w_hh.new_empty(w_hh.shape[0]) if has_bias else x.new_empty(0),
-        torch.empty_like(w_hr) if w_hr is not None else x.new_empty(0),
+        out(want_dx, x, *x.shape),
+        out(want_state, x, B, Hout),
+        out(want_state and mode == "LSTM", x, B, H),
+        out(want_params, w_ih, *w_ih.shape),
+        out(want_params, w_hh, *w_hh.shape),
+        out(want_params and has_bias, w_ih, w_ih.shape[0]),
+        out(want_params and has_bias, w_hh, w_hh.shape[0]),
+        out(want_params and w_hr is not None, x, *(w_hr.shape if w_hr is not None else ())),
     )
 
 
@@ -124,13 +134,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_h_n, grad_c_n, *_buffers):
     x, batch_sizes, w_ih, w_hh, w_hr, hs, cs, saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad  # per forward input: mode, x, batch_sizes, h0, c0, w_ih, ...
+    mask = [needs[1], any(needs[3:5]), any(needs[5:10])]
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = layer_bwd(
         ctx.mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, w_ih, w_hh, w_hr,
-        hs, cs, saved, ctx.reverse, ctx.has_bias, ctx.family,
+        hs, cs, saved, ctx.reverse, ctx.has_bias, ctx.family, mask,
     )
     return (
-        None, dx, None, dh0, _none_if_empty(dc0), dw_ih, dw_hh,
-        _none_if_empty(db_ih), _none_if_empty(db_hh), _none_if_empty(dw_hr), None, None,
+        None, _none_if_empty(dx), None, _none_if_empty(dh0), _none_if_empty(dc0),
+        _none_if_empty(dw_ih), _none_if_empty(dw_hh), _none_if_empty(db_ih),
+        _none_if_empty(db_hh), _none_if_empty(dw_hr), None, None,
     )
 
 

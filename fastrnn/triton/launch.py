@@ -76,8 +76,10 @@ def backward(
     mode: str, grad_y: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, x: Tensor,
     batch_sizes: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
     hs: Tensor, cs: Tensor, saved: Tensor, reverse: bool, has_bias: bool, family: str,
+    output_mask: Optional[list[bool]] = None,
 ) -> tuple[Tensor, ...]:
-    """grad_c_n may be empty (not LSTM); hs, cs, saved are forward()'s buffers."""
+    """grad_c_n may be empty (not LSTM); hs, cs, saved are forward()'s buffers;
+    output_mask = [dx, (dh0, dc0), parameters'] (None: all): the others come back empty."""
     dev, dtype = x.device, x.dtype
     G = GATES[mode]
     H, Hout = w_hh.shape[0] // G, w_hh.shape[1]
@@ -119,14 +121,20 @@ def backward(
                 t, *args, STAGE=MATMUL.value, BLOCK_N=tile.block_o, **consts)
         dc0 = dct[N:]
 
-    # Everything left is one GEMM or reduction over all N rows.
+    # Everything left is one GEMM or reduction over all N rows, for the
+    # gradients asked for. Outputs that do not apply, or are not asked for,
+    # are empty; each its own tensor (custom ops may not return aliases), and
+    # dh0 / dc0 copied out of their work buffers.
+    want_dx, want_state, want_params = output_mask or (True, True, True)
     dgx = dg[:, : G * H]
+    dx = (dgx @ w_ih.float()).to(dtype) if want_dx else x.new_empty(0)
+    dh0 = dht[N:].to(dtype, copy=True) if want_state else x.new_empty(0)
+    dc0 = dc0.to(dtype, copy=True) if lstm and want_state else x.new_empty(0)
+    if not want_params:
+        return (dx, dh0, dc0, *(x.new_empty(0) for _ in range(5)))
     dgh = torch.cat((dg[:, : 2 * H], dg[:, 3 * H :]), 1) if mode == "GRU" else dg
-    dx = (dgx @ w_ih.float()).to(dtype)
     dw_ih = (dgx.t() @ x.float()).to(w_ih.dtype)
     dw_hh = (dgh.t() @ hs[rows.prev]).to(w_hh.dtype)
-    # Outputs that do not apply are empty; each its own tensor (custom ops may not
-    # return aliases), and dh0 / dc0 copied out of their work buffers.
     db_ih = dgx.sum(0).to(w_ih.dtype) if has_bias else x.new_empty(0)
     db_hh = dgh.sum(0).to(w_hh.dtype) if has_bias else x.new_empty(0)
     if proj:
@@ -134,5 +142,4 @@ def backward(
         dw_hr = (dht[:N].t() @ m).to(w_hr.dtype)
     else:
         dw_hr = x.new_empty(0)
-    dc0 = dc0.to(dtype, copy=True) if lstm else x.new_empty(0)
-    return dx, dht[N:].to(dtype, copy=True), dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
