@@ -19,8 +19,10 @@ from test_cpu_kernels import CONFIGS, PACKED, bi_op_args, make_case
 MASKS = list(itertools.product([True, False], repeat=3))
 FULL = [True, True, True]
 # (sizes, input_size, hidden): many steps; a single step with large weights,
-# whose products are one ATen matmul each (blas_single_step in layer_ops.cpp).
-SHAPES = {"steps": (PACKED, 7, 5), "single": ([6], 40, 64)}
+# whose products are one ATen matmul each (blas_single_step in layer_ops.cpp);
+# a single step with small weights, through the loop (whose first step then
+# skips dh0's product).
+SHAPES = {"steps": (PACKED, 7, 5), "single": ([6], 40, 64), "small_single": ([6], 7, 5)}
 
 
 def op_args(mode, proj, shape, dtype, seed=0):
@@ -56,6 +58,29 @@ def test_masked_gradients_are_the_full_ones(mode, proj, shape, dtype):
                 assert torch.equal(g, f), (mask, i)
             else:
                 assert g.shape == (0,) and g.dtype == dtype, (mask, i)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_masked_state_with_hidden_slices(mode, reverse, monkeypatch):
+    """Two threads sharing one loop by hidden slices (a barrier per step) skip
+    the first step's dh0 product alike: without dh0 the other gradients are
+    those of a call asking for all, bitwise."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "own")  # bitwise needs no BLAS
+    spec, x, bs, h0, c0, w = make_case(mode, sizes=[5, 5, 4, 2, 2, 1], input_size=9, hidden=256)
+    fwd = (mode, x, bs, h0, c0, *w)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y, h_n, c_n, ws = torch.ops.fastrnn.layer_fwd(*fwd, reverse, True)
+        args = (mode, torch.ones_like(y), h_n * 0.5, c_n * 0.5, *fwd[1:], y, ws, reverse)
+        full = torch.ops.fastrnn.layer_bwd(*args, FULL)
+        got = torch.ops.fastrnn.layer_bwd(*args, [True, False, True])
+    finally:
+        torch.set_num_threads(before)
+    for i in (0, 3, 4, 5, 6):
+        assert torch.equal(got[i], full[i]), i
+    assert got[1].numel() == 0 and got[2].numel() == 0
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))

@@ -103,6 +103,7 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
           to_bf16_row(a.dg + r * dgc + c, a.bf16.dg + r * dgc + c, j1 - j0);
     }
     if (a.whh.data == nullptr && !bf16) continue;  // BLAS single step: the caller adds it
+    if (s == 0 && !a.dh0_product) continue;        // only dh0's term, not wanted
     part.sync->wait();  // every slice of this step's dg written
     S* dh_out = dh + part.o0;
     // Hidden side of GRU is [d r | d z | d h_n]: columns 0..2H and 3H..4H of dg.

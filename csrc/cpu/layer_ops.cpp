@@ -717,7 +717,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const auto ct = compute_type(x);
   const int64_t GH = L.G * L.H, H = L.H;
   // The gradients asked for: the products of the others are skipped (dh0's
-  // W_hh term only where it is a product of its own, a single step's).
+  // W_hh term: a single step's product, and the loop's at its first step for
+  // the rows live there; rows that join later in processing order, in the
+  // reverse direction, still compute theirs inside the loop).
   const auto [want_dx, want_state, want_params] = output_mask;
   check_tensor(grad_y, "grad_y", x);
   check_shape(grad_y, "grad_y", {L.N, L.P});
@@ -836,6 +838,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
         step_aten ? ukernel_packed(w_hh, GH, L.P, /*transposed=*/false, whh16_storage)
                   : UkernelBf16{}};
     if (step_aten) args.step_product = {&aten_bf16_backward_step<S>, &step_weights};
+    args.dh0_product = want_state;
     // Each product on the blocks or on BLAS, as measured for this machine
     // (product_choice.h), for the rows of the largest range.
     int64_t range_rows = 0;

@@ -141,6 +141,11 @@ struct BackwardArgs {
                     int64_t w_row0, int64_t K, S* out, bool accumulate);
     const void* ctx;
   } step_product;
+  // Whether the first step in processing order (s = 0) computes its dh carry
+  // (dh @ W_hh): for the rows live there that is dh0's W_hh term, which
+  // nobody needs when h0 asks for no gradient (layer_bwd's output_mask);
+  // every part skips it alike, so no barrier goes unmatched.
+  bool dh0_product = true;
 };
 
 template <typename S>
