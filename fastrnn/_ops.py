@@ -15,7 +15,7 @@ from torch import Tensor
 
 import fastrnn._C  # noqa: F401  (registers torch.ops.fastrnn.*)
 
-from .backends.base import GATES, LayerSpec, LayerWeights
+from .backends.base import GATES, MASK_ENTRY, LayerSpec, LayerWeights, output_mask
 
 # Columns per token of the saved workspace, in units of hidden_size; mirrors
 # workspace::columns() in csrc/include/fastrnn/workspace.h.
@@ -116,18 +116,16 @@ class _LayerForTransforms(torch.autograd.Function):
             return torch.zeros_like(like) if g is None else g.contiguous()
 
         grad_c = dense(grad_c_n, c0) if ctx.mode == "LSTM" else x.new_empty((0,))
-        needs = ctx.needs_input_grad  # per forward argument: mode, x, batch_sizes, h0, c0, ...
-        mask = [needs[1], any(needs[3:5]), any(needs[5:10])]
+        mask = output_mask(ctx.needs_input_grad)
         grads = torch.ops.fastrnn.layer_bwd.default(
             ctx.mode, dense(grad_y, y), dense(grad_h_n, h0), grad_c, x, batch_sizes, h0, c0,
             w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace, ctx.reverse, mask,
         )
         # An absent optional input, or one not asked for, has no gradient (the
         # kernel returns it empty).
-        wanted = (mask[0], mask[1], mask[1], *[mask[2]] * 5)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = (
-            g if given is not None and want else None
-            for g, given, want in zip(grads, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), wanted)
+            g if given is not None and mask[entry] else None
+            for g, given, entry in zip(grads, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), MASK_ENTRY)
         )
         return None, dx, None, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None, None
 

@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastrnn
+from fastrnn.backends.base import MASK_ENTRY
 
 from test_cpu_kernels import CONFIGS, PACKED, bi_op_args, make_case
 
@@ -50,11 +51,10 @@ def test_masked_gradients_are_the_full_ones(mode, proj, shape, dtype):
     all; one not asked for is an empty tensor, like an absent input's."""
     args = backward_args(mode, proj, shape, dtype)
     full = torch.ops.fastrnn.layer_bwd(*args, FULL)
-    groups = (0, 1, 1, 2, 2, 2, 2, 2)  # output -> mask entry
     for mask in MASKS:
         got = torch.ops.fastrnn.layer_bwd(*args, list(mask))
         for i, (g, f) in enumerate(zip(got, full)):
-            if mask[groups[i]]:
+            if mask[MASK_ENTRY[i]]:
                 assert torch.equal(g, f), (mask, i)
             else:
                 assert g.shape == (0,) and g.dtype == dtype, (mask, i)

@@ -221,6 +221,25 @@ bool blas_single_step(const Layer& L, int64_t limit) {
   return L.T == 1 && L.G * L.H * (L.I + L.P) > limit;
 }
 
+// How such a single step of bfloat16 operands runs its products, as measured
+// for its shape; layer_fwd and layer_bwd ask alike. in_bf16: in bfloat16 on
+// ATen's matmul, as torch.nn's cells do (fp32 sums, the gates and the
+// backward's dG and h_prev rounded to bfloat16), where that beats widening
+// the weights to fp32 every call (prefer_bf16_single_step). rows_kernels:
+// with few rows, the forward's x @ W^T on rows_times_wt_bf16 and the
+// backward's dx and dh0 on rows_times_w_bf16 (gemv_bf16.h: fp32 sums, nothing
+// rounded), where that beats the former (prefer_gemv_bf16_single_step); the
+// weight gradients then stay as in_bf16 says.
+struct SingleBf16 {
+  bool in_bf16 = false, rows_kernels = false;
+};
+
+SingleBf16 single_bf16_products(const Layer& L, const Tensor& x, bool single) {
+  if (!single || x.scalar_type() != at::kBFloat16) return {};
+  const bool in_bf16 = prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
+  return {in_bf16, prefer_gemv_bf16_single_step(L.B, L.I, L.P, L.G * L.H, in_bf16)};
+}
+
 // W_hh (G*H, P) for blas_step, or its bfloat16 bits for aten_bf16_step,
 // and there packed for the ukernel where it runs (ukernel_bf16.h; else null).
 template <typename S>
@@ -508,16 +527,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // 4x the bf16 blocks at B = 64, H = 256).
   const bool step_blas = plan.step_blas, step_aten = plan.step_aten, per_step = plan.per_step;
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
-  // A single bfloat16 step (a cell) multiplies in bfloat16, as torch.nn's
-  // cells do (ATen's bf16 matmul: fp32 sums, the gates rounded to bfloat16),
-  // where that beats widening both weights every call, as measured
-  // (prefer_bf16_single_step).
-  // With few rows, its own rows_times_wt_bf16 where that measures faster
-  // still (prefer_gemv_bf16_single_step): fp32 sums, the gates not rounded.
-  const bool single_bf16 = single && x.scalar_type() == at::kBFloat16 &&
-                           prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
-  const bool single_gemv = single && x.scalar_type() == at::kBFloat16 &&
-                           prefer_gemv_bf16_single_step(L.B, L.I, L.P, L.G * L.H, single_bf16);
+  const auto [single_bf16, single_gemv] = single_bf16_products(L, x, single);
   const bool widen = !single_bf16 && !single_gemv;
   const Tensor xc = fp32_input && widen ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input && widen ? in_compute(w_ih, ct) : Tensor();
@@ -749,14 +759,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   // W_hh) need no fp32 copy.
   const bool bf16_products = bf16_operands(L, x);
   const bool bf16_loop = bf16_products && H % 2 == 0;
-  // A single bfloat16 step's products in bfloat16 where the forward's are,
-  // and dx and dh0 on rows_times_w_bf16 where the forward's ran on its
-  // rows_times_wt_bf16 (the weight products then as prefer_bf16_single_step
-  // chose).
-  const bool single_bf16 = single && x.scalar_type() == at::kBFloat16 &&
-                           prefer_bf16_single_step(L.B, L.I, L.P, L.G * L.H);
-  const bool single_gemv = single && x.scalar_type() == at::kBFloat16 &&
-                           prefer_gemv_bf16_single_step(L.B, L.I, L.P, L.G * L.H, single_bf16);
+  const auto [single_bf16, single_gemv] = single_bf16_products(L, x, single);
   const Tensor xc = bf16_products || single_bf16 || !want_params ? Tensor() : in_compute(x, ct);
   const Tensor wih =
       bf16_products || single_bf16 || single_gemv || !want_dx ? Tensor() : in_compute(w_ih, ct);
@@ -852,8 +855,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     };
     const bool products = !single && !bf16_products;
     // dx = dG @ W_ih: on the blocks, W_ih packed once for every range.
-    const bool dx_blas = products && want_dx && prefer_blas<S>(Product::InputGrad, range_rows, L.I, GH,
-                                                    false, false, /*tokens_in_m=*/true);
+    const bool dx_blas =
+        products && want_dx &&
+        prefer_blas<S>(Product::InputGrad, range_rows, L.I, GH, false, false, /*tokens_in_m=*/true);
     const Packed<S> wih_p = !products || !want_dx || dx_blas
                                 ? Packed<S>{nullptr, GH, L.I}
                                 : packed<S>(wih, GH, L.I, /*transpose=*/false, wih_storage);
@@ -869,11 +873,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
       // dx rows = dG @ W_ih; dW_ih += dG^T X; dW_hh += dG_h^T H_prev;
       // dW_hr += dY^T H_cell.
       const bool acc = i > 0;
-      S* dx_rows = want_dx ? dx.data_ptr<S>() + r.row0 * L.I : nullptr;
-      if (want_dx && dx_blas) {
-        blas_gemm<S>(n, L.I, GH, g, dgc, false, wih.data_ptr<S>(), false, dx_rows, L.I, false);
-      } else if (want_dx) {
-        gemm<S>(n, g, dgc, false, wih_p, dx_rows, L.I, false);
+      if (want_dx) {
+        S* dx_rows = dx.data_ptr<S>() + r.row0 * L.I;
+        if (dx_blas) {
+          blas_gemm<S>(n, L.I, GH, g, dgc, false, wih.data_ptr<S>(), false, dx_rows, L.I, false);
+        } else {
+          gemm<S>(n, g, dgc, false, wih_p, dx_rows, L.I, false);
+        }
       }
       if (!want_params) continue;
       product(Product::InputWeightGrad, false, GH, L.I, n, g, dgc,
@@ -894,7 +900,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     // weights every call ran an LSTMCell's training step at B = 8, H = 1024
     // 0.45x of torch.nn (Emerald Rapids, 1 thread).
     const auto dt = single_bf16 ? at::kBFloat16 : ct;
-    const Tensor g = dg.to(dt), hp = h_prev.to(dt), g_x = g.narrow(1, 0, GH);
+    const Tensor g = dg.to(dt), g_x = g.narrow(1, 0, GH);
+    const Tensor hp = want_params ? h_prev.to(dt) : Tensor();
     const Tensor& wh = single_bf16 ? w_hh : whh;
     if (want_dx && single_gemv) {
       dx = at::empty({L.B, L.I}, opts);

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -293,27 +294,47 @@ void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g,
   });
 }
 
+// A bfloat16 single step's operands x (B, I), h (B, P), W_ih (GH, I) and
+// W_hh (GH, P), and each way layer_fwd may run its two products
+// x @ W_ih^T and h @ W_hh^T, to time them.
+struct Bf16StepSample {
+  at::Tensor x, h, w_ih, w_hh, out;
+
+  Bf16StepSample(int64_t B, int64_t I, int64_t P, int64_t GH) {
+    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
+    x = at::full({B, I}, 0.5, bf16), h = at::full({B, P}, 0.5, bf16);
+    w_ih = at::full({GH, I}, 0.25, bf16), w_hh = at::full({GH, P}, 0.25, bf16);
+    out = at::empty({B, GH}, at::kFloat);
+  }
+  void widened() const {  // both weights widened to fp32, MKL's sgemm
+    at::mm(x.to(at::kFloat), w_ih.to(at::kFloat).t());
+    at::mm(h.to(at::kFloat), w_hh.to(at::kFloat).t());
+  }
+  void in_bf16() const {  // ATen's bfloat16 matmul, its result widened
+    at::mm(x, w_ih.t()).to(at::kFloat);
+    at::mm(h, w_hh.t()).to(at::kFloat);
+  }
+  void rows_kernel() const {  // gemv_bf16.h
+    const int64_t B = x.size(0), I = x.size(1), P = h.size(1), GH = w_ih.size(0);
+    float* o = out.data_ptr<float>();
+    rows_times_wt_bf16(B, bits(x), I, bits(w_ih), GH, I, nullptr, o, GH);
+    rows_times_wt_bf16(B, bits(h), P, bits(w_hh), GH, P, nullptr, o, GH);
+  }
+  static const uint16_t* bits(const at::Tensor& t) {
+    return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+  }
+};
+
 bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH) {
   bool aten;
   if (products_pinned(&aten)) return aten;
   const Key key{kBf16Single, 2, B, GH, I, false, false, at::get_num_threads(),
                 at::in_parallel_region(), P};
-  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-  at::Tensor x, h, w_ih, w_hh;
+  std::optional<Bf16StepSample> sample;
   const Times t = cached_times(key, [&](int64_t repeats) {
-    if (!x.defined()) {
-      x = at::full({B, I}, 0.5, bf16), h = at::full({B, P}, 0.5, bf16);
-      w_ih = at::full({GH, I}, 0.25, bf16), w_hh = at::full({GH, P}, 0.25, bf16);
-    }
-    const double widened = seconds_of(repeats, [&] {
-      at::mm(x.to(at::kFloat), w_ih.to(at::kFloat).t());
-      at::mm(h.to(at::kFloat), w_hh.to(at::kFloat).t());
-    });
-    const double in_bf16 = seconds_of(repeats, [&] {
-      at::mm(x, w_ih.t()).to(at::kFloat);
-      at::mm(h, w_hh.t()).to(at::kFloat);
-    });
-    return Times{widened, in_bf16, 0.0};
+    if (!sample) sample.emplace(B, I, P, GH);
+    return Times{seconds_of(repeats, [&] { sample->widened(); }),
+                 seconds_of(repeats, [&] { sample->in_bf16(); }), 0.0};
   });
   return blas_wins(t.own, t.blas);
 }
@@ -324,32 +345,13 @@ bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, b
   if (products_pinned(&aten)) return !aten;
   const Key key{kBf16Gemv, 2, B, GH, I, in_bf16, false, at::get_num_threads(),
                 at::in_parallel_region(), P};
-  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16);
-  at::Tensor x, h, w_ih, w_hh, out;
+  std::optional<Bf16StepSample> sample;
   const Times t = cached_times(key, [&](int64_t repeats) {
-    if (!x.defined()) {
-      x = at::full({B, I}, 0.5, bf16), h = at::full({B, P}, 0.5, bf16);
-      w_ih = at::full({GH, I}, 0.25, bf16), w_hh = at::full({GH, P}, 0.25, bf16);
-      out = at::empty({B, GH}, at::kFloat);
-    }
-    auto bits = [](const at::Tensor& t) {
-      return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
-    };
-    const double gemv = seconds_of(repeats, [&] {
-      float* o = out.data_ptr<float>();
-      rows_times_wt_bf16(B, bits(x), I, bits(w_ih), GH, I, nullptr, o, GH);
-      rows_times_wt_bf16(B, bits(h), P, bits(w_hh), GH, P, nullptr, o, GH);
-    });
-    // The chosen way as layer_fwd runs it (prefer_bf16_single_step's timing).
-    const double chosen = seconds_of(repeats, [&] {
-      if (in_bf16) {
-        at::mm(x, w_ih.t()).to(at::kFloat), at::mm(h, w_hh.t()).to(at::kFloat);
-      } else {
-        at::mm(x.to(at::kFloat), w_ih.to(at::kFloat).t());
-        at::mm(h.to(at::kFloat), w_hh.to(at::kFloat).t());
-      }
-    });
-    return Times{gemv, chosen, 0.0};
+    if (!sample) sample.emplace(B, I, P, GH);
+    // Against the way prefer_bf16_single_step chose, timed side by side.
+    return Times{seconds_of(repeats, [&] { sample->rows_kernel(); }),
+                 seconds_of(repeats, [&] { in_bf16 ? sample->in_bf16() : sample->widened(); }),
+                 0.0};
   });
   return !blas_wins(t.own, t.blas);
 }

@@ -64,6 +64,20 @@ class LayerWeights(NamedTuple):
     w_hr: Optional[Tensor]
 
 
+# The entry of a backward op's output_mask ([dx, (dh0, dc0), parameters'])
+# that each of its outputs (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+# belongs to.
+MASK_ENTRY = (0, 1, 1, 2, 2, 2, 2, 2)
+
+
+def output_mask(needs_input_grad) -> list[bool]:
+    """A backward op's output_mask from the needs_input_grad of a layer op
+    whose arguments begin (mode, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
+    b_hh, w_hr): fastrnn::layer_fwd and fastrnn::triton_layer_fwd."""
+    needs = needs_input_grad
+    return [needs[1], any(needs[3:5]), any(needs[5:10])]
+
+
 class Backend:
     """Base class; subclasses set `name` and implement `supports` and `layer`."""
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import GATES, Backend
+from .base import GATES, Backend, output_mask
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -119,7 +119,7 @@ def _(mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, w_ih, w_hh, w_hr, hs, cs
         out(want_params, w_hh, *w_hh.shape),
         out(want_params and has_bias, w_ih, w_ih.shape[0]),
         out(want_params and has_bias, w_hh, w_hh.shape[0]),
-        out(want_params and w_hr is not None, x, *(w_hr.shape if w_hr is not None else ())),
+        out(w_hr is not None and want_params, w_hr, *(() if w_hr is None else w_hr.shape)),
     )
 
 
@@ -134,8 +134,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_h_n, grad_c_n, *_buffers):
     x, batch_sizes, w_ih, w_hh, w_hr, hs, cs, saved = ctx.saved_tensors
-    needs = ctx.needs_input_grad  # per forward input: mode, x, batch_sizes, h0, c0, w_ih, ...
-    mask = [needs[1], any(needs[3:5]), any(needs[5:10])]
+    mask = output_mask(ctx.needs_input_grad)
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = layer_bwd(
         ctx.mode, grad_y, grad_h_n, grad_c_n, x, batch_sizes, w_ih, w_hh, w_hr,
         hs, cs, saved, ctx.reverse, ctx.has_bias, ctx.family, mask,
