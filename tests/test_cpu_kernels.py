@@ -417,6 +417,32 @@ def test_bfloat16_single_step_on_rows_times_wt(mode, batch, threads, monkeypatch
     assert_matches_oracle(case, False, threads, torch.bfloat16)
 
 
+# RNN_RELU on bfloat16 products (blas) is not among them: near ReLU's kink the
+# products rounded to bfloat16, as torch.nn's cells round them, flip the sign
+# of some pre-activations against the float64 oracle, and with it their terms
+# of dx (the same on the widened loop before single_step_bf16).
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [3, 67])
+@pytest.mark.parametrize("mode,proj,products", [
+    (mode, proj, products) for mode, proj in [("LSTM", 0), ("LSTM", 5), ("GRU", 0), ("RNN_TANH", 0),
+                                              ("RNN_RELU", 0)]
+    for products in ("own", "blas") if (mode, products) != ("RNN_RELU", "blas")
+])
+def test_bfloat16_single_step_gate_pass(mode, proj, products, batch, threads, monkeypatch):
+    """A bfloat16 single step's gate pass (single_step_bf16, forward_loop.cpp)
+    reads its two products as they come, bfloat16 from ATen's matmul (blas)
+    or fp32 sums from rows_times_wt_bf16 (own, where the build has
+    AVX512-BF16), widens h0 and c0 itself and writes the bfloat16 outputs and
+    the fp32 workspace directly. H = 257 (a masked tail in every gate); at 67
+    rows the rows go to threads in chunks of 31 (an LSTM's 1028 gate columns
+    against ATen's grain); with a projection the step takes the widened loop.
+    Outputs, and gradients through the workspace it saved, against the
+    oracle."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", products)
+    case = make_case(mode, proj, sizes=[batch], hidden=257, input_size=37, dtype=torch.bfloat16)
+    assert_matches_oracle(case, False, threads, torch.bfloat16)
+
+
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_bfloat16_projection_in_chunks(mode, reverse, monkeypatch):

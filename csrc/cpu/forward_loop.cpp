@@ -6,8 +6,13 @@
 // applies the gate math of fastrnn/gates.h, updates the state in place and
 // writes y and the workspace. With a projection, a second small GEMM maps the
 // cell outputs through W_hr into y and h. The loop allocates nothing.
+#include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
+
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
@@ -28,10 +33,60 @@ const auto& pick(const Bf16& bf16_form, const Other& other) {
   else return other;
 }
 
+// One row's gate pass over units [j0, j1) of each gate: the pre-activations
+// gx + gh (G*H each; GRU's n gate adds b_hn to gh's, inside r * (.)), the
+// state read and written in place (LSTM: c, (H); GRU: h, (P = H)), y's row
+// and, unless null, the workspace row (workspace.h) written. An LSTM with a
+// projection writes o * tanh(c) to h_cell instead of h and y (W_hr follows).
+template <typename S, Mode M>
+inline void forward_row(int64_t j0, int64_t j1, int64_t H, const S* gx, const S* g,
+                        const S* b_hn, S* c, S* h, S* y, S* ws, S* h_cell) {
+  using V = Vectorized<S>;
+  for_each_vector<S>(j0, j1, [&](int64_t j, int64_t n) {
+    auto ld = [&](const S* p) { return V::loadu(p + j, n); };
+    auto st = [&](const V& v, S* p) { v.store(p + j, n); };
+    if constexpr (M == Mode::LSTM) {
+      const auto o = lstm_forward(ld(gx) + ld(g), ld(gx + H) + ld(g + H),
+                                  ld(gx + 2 * H) + ld(g + 2 * H),
+                                  ld(gx + 3 * H) + ld(g + 3 * H), ld(c));
+      st(o.c, c);
+      if (ws) {
+        st(o.i, ws + ws_col::kLstmI * H);
+        st(o.f, ws + ws_col::kLstmF * H);
+        st(o.g, ws + ws_col::kLstmG * H);
+        st(o.o, ws + ws_col::kLstmO * H);
+        st(o.c, ws + ws_col::kLstmC * H);
+      }
+      if (h_cell) {
+        st(o.h, h_cell);
+      } else {
+        st(o.h, y);
+        st(o.h, h);
+      }
+    } else if constexpr (M == Mode::GRU) {
+      V hn = ld(g + 2 * H);
+      if (b_hn) hn = hn + ld(b_hn);
+      const auto o = gru_forward(ld(gx), ld(gx + H), ld(gx + 2 * H), ld(g), ld(g + H), hn, ld(h));
+      st(o.h, h);
+      st(o.h, y);
+      if (ws) {
+        st(o.r, ws + ws_col::kGruR * H);
+        st(o.z, ws + ws_col::kGruZ * H);
+        st(o.n, ws + ws_col::kGruN * H);
+        st(hn, ws + ws_col::kGruHn * H);
+      }
+    } else {
+      constexpr RnnAct A = M == Mode::RNN_TANH ? RnnAct::Tanh : RnnAct::Relu;
+      const V out = rnn_forward<A>(ld(gx) + ld(g));
+      st(out, h);
+      st(out, y);
+    }
+  });
+}
+
 template <typename S, Mode M, bool bf16>
 void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& a,
                   const Part& part) {
-  using V = Vectorized<S>;
   const int64_t H = d.H, P = d.P, GH = gates(M) * H, cols = ws_col::columns(M, H);
   const int64_t b0 = part.b0, b1 = part.b1, j0 = part.j0, j1 = part.j1;
   const bool project = a.whr_t.data != nullptr;
@@ -113,53 +168,10 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
     }
 
     for (int64_t r = 0; r < live; ++r) {
-      const S* gx = gx_rows + r * GH;
-      const S* g = gh_rows + r * GH;
-      S* hr = h + r * P;
-      S* yr = a.y + (n0 + r) * P;
-      S* ws = a.ws ? a.ws + (n0 + r) * cols : nullptr;
-      for_each_vector<S>(j0, j1, [&](int64_t j, int64_t n) {
-        auto ld = [&](const S* p) { return V::loadu(p + j, n); };
-        auto st = [&](const V& v, S* p) { v.store(p + j, n); };
-        if constexpr (M == Mode::LSTM) {
-          S* cr = a.c + (b0 + r) * H;
-          const auto o = lstm_forward(ld(gx) + ld(g), ld(gx + H) + ld(g + H),
-                                      ld(gx + 2 * H) + ld(g + 2 * H),
-                                      ld(gx + 3 * H) + ld(g + 3 * H), ld(cr));
-          st(o.c, cr);
-          if (ws) {
-            st(o.i, ws + ws_col::kLstmI * H);
-            st(o.f, ws + ws_col::kLstmF * H);
-            st(o.g, ws + ws_col::kLstmG * H);
-            st(o.o, ws + ws_col::kLstmO * H);
-            st(o.c, ws + ws_col::kLstmC * H);
-          }
-          if (project) {
-            st(o.h, h_cell + r * H);
-          } else {
-            st(o.h, yr);
-            st(o.h, hr);
-          }
-        } else if constexpr (M == Mode::GRU) {
-          V hn = ld(g + 2 * H);
-          if (a.b_hn) hn = hn + ld(a.b_hn);
-          const auto o = gru_forward(ld(gx), ld(gx + H), ld(gx + 2 * H), ld(g), ld(g + H), hn,
-                                     ld(hr));
-          st(o.h, hr);
-          st(o.h, yr);
-          if (ws) {
-            st(o.r, ws + ws_col::kGruR * H);
-            st(o.z, ws + ws_col::kGruZ * H);
-            st(o.n, ws + ws_col::kGruN * H);
-            st(hn, ws + ws_col::kGruHn * H);
-          }
-        } else {
-          constexpr RnnAct A = M == Mode::RNN_TANH ? RnnAct::Tanh : RnnAct::Relu;
-          const V out = rnn_forward<A>(ld(gx) + ld(g));
-          st(out, hr);
-          st(out, yr);
-        }
-      });
+      forward_row<S, M>(j0, j1, H, gx_rows + r * GH, gh_rows + r * GH, a.b_hn,
+                        a.c ? a.c + (b0 + r) * H : nullptr, h + r * P, a.y + (n0 + r) * P,
+                        a.ws ? a.ws + (n0 + r) * cols : nullptr,
+                        project ? h_cell + r * H : nullptr);
     }
 
     if constexpr (bf16) {  // this part's columns of y, as the next step's bf16 operand
@@ -188,5 +200,60 @@ void forward_loop(const LayerDims& d, const ForwardArgs<S>& a) {
 
 template void forward_loop<float>(const LayerDims&, const ForwardArgs<float>&);
 template void forward_loop<double>(const LayerDims&, const ForwardArgs<double>&);
+
+namespace {
+
+// Row r of p (row length n) widened to fp32 into dst, or p's own row when it
+// is fp32 already.
+const float* fp32_row(const uint16_t* p, int64_t r, int64_t n, float* dst) {
+  from_bf16_row(p + r * n, dst, n);
+  return dst;
+}
+const float* fp32_row(const float* p, int64_t r, int64_t n, float*) { return p + r * n; }
+
+}  // namespace
+
+template <typename G>
+void single_step_bf16(const SingleStepBf16<G>& a) {
+  const int64_t H = a.H, GH = gates(a.mode) * H, cols = ws_col::columns(a.mode, H);
+  // Rows per task: at least ATen's grain of elements, so that a small cell
+  // stays on one thread.
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(GH, 1));
+  at::parallel_for(0, a.B, grain, [&](int64_t r0, int64_t r1) {
+    // The row's operands widened to fp32 (bf16 products only), its state and h.
+    std::vector<float> buf((std::is_same_v<G, float> ? 0 : 2 * GH) + 2 * H);
+    float* const gx32 = buf.data();
+    float* const gh32 = gx32 + (std::is_same_v<G, float> ? 0 : GH);
+    float* const state = buf.data() + buf.size() - 2 * H;  // c (LSTM) or h_{t-1} (GRU)
+    float* const h = state + H;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* gx = fp32_row(a.gx, r, GH, gx32);
+      const float* gh = fp32_row(a.gh, r, GH, gh32);
+      float* ws = a.ws ? a.ws + r * cols : nullptr;
+      if (a.mode == Mode::GRU) from_bf16_row(a.h0 + r * H, h, H);  // read as h_{t-1}
+      if (a.mode == Mode::LSTM) from_bf16_row(a.c0 + r * H, state, H);
+      switch (a.mode) {
+        case Mode::LSTM:
+          forward_row<float, Mode::LSTM>(0, H, H, gx, gh, nullptr, state, h, h, ws, nullptr);
+          to_bf16_row(state, a.c_n + r * H, H);
+          break;
+        case Mode::GRU:
+          forward_row<float, Mode::GRU>(0, H, H, gx, gh, nullptr, nullptr, h, h, ws, nullptr);
+          break;
+        case Mode::RNN_TANH:
+          forward_row<float, Mode::RNN_TANH>(0, H, H, gx, gh, nullptr, nullptr, h, h, ws, nullptr);
+          break;
+        case Mode::RNN_RELU:
+          forward_row<float, Mode::RNN_RELU>(0, H, H, gx, gh, nullptr, nullptr, h, h, ws, nullptr);
+          break;
+      }
+      to_bf16_row(h, a.y + r * H, H);
+      to_bf16_row(h, a.h_n + r * H, H);
+    }
+  });
+}
+
+template void single_step_bf16<uint16_t>(const SingleStepBf16<uint16_t>&);
+template void single_step_bf16<float>(const SingleStepBf16<float>&);
 
 }  // namespace fastrnn::cpu

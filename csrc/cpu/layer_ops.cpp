@@ -494,6 +494,31 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
   return on_other ? other : blocks;
 }
 
+// layer_fwd of a bfloat16 single step without projection, from its two
+// products gx and gh (single_step_bf16, recurrence.h): bfloat16 y, h_n and
+// c_n, the workspace in fp32 as every layer's.
+Forward single_step_bf16_fwd(const Layer& L, const Tensor& x, const Tensor& gx, const Tensor& gh,
+                             const Tensor& h0, const OptTensor& c0, bool save) {
+  const bool lstm = L.mode == Mode::LSTM;
+  Tensor y = at::empty({L.B, L.H}, x.options()), h_n = at::empty({L.B, L.H}, x.options());
+  Tensor c_n = lstm ? at::empty({L.B, L.H}, x.options()) : at::empty({0}, x.options());
+  Tensor ws = cached_empty({save ? L.N : 0, workspace::columns(L.mode, L.H)},
+                           x.options().dtype(at::kFloat));
+  auto run = [&](auto* products) {
+    using G = std::remove_const_t<std::remove_pointer_t<decltype(products)>>;
+    auto data = [](const Tensor& t) {
+      if constexpr (std::is_same_v<G, float>) return t.data_ptr<float>();
+      else return bits(t);
+    };
+    single_step_bf16<G>({L.mode, L.B, L.H, data(gx), data(gh), bits(h0),
+                         lstm ? bits(*c0) : nullptr, bits(y), bits(h_n),
+                         lstm ? bits(c_n) : nullptr, save ? ws.data_ptr<float>() : nullptr});
+  };
+  if (gx.scalar_type() == at::kFloat) run(static_cast<float*>(nullptr));
+  else run(static_cast<uint16_t*>(nullptr));
+  return {y, h_n, c_n, ws};
+}
+
 Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes,
                       const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                       const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
@@ -534,17 +559,12 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   const Tensor whh = bf16_products || !widen ? Tensor() : in_compute(w_hh, ct);
   const auto opts = x.options().dtype(ct);
 
-  const Tensor h0c = in_compute(h0, ct);
-  Tensor h = state_copy(h0, ct);
-  Tensor c = L.mode == Mode::LSTM ? state_copy(*c0, ct) : Tensor();
-  Tensor y = fresh({L.N, L.P}, opts);
-  Tensor ws = cached_empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, opts);
-  const Tensor y16 = bf16_products ? at::empty({L.N, L.P}, x.options()) : Tensor();
-
   // A single step with large weights (blas_single_step) packs nothing:
   // gx = x @ W_ih^T + b_ih and gh0 = h0 @ W_hh^T + b_hh are one BLAS call
   // each, every bias with its own product (GRU's b_hn sits in gh0's n
-  // columns, inside the reset gate's product, as the loop expects).
+  // columns, inside the reset gate's product, as the loop expects). With
+  // bfloat16 operands (single_bf16_products) they come as fp32 sums from
+  // rows_times_wt_bf16 or rounded to bfloat16 from ATen's bf16 matmul.
   auto product = [&](const Tensor& a, const Tensor& w, const OptTensor& b) {
     if (single_gemv) {
       const Tensor out = at::empty({L.B, w.size(0)}, opts);
@@ -554,11 +574,23 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
                          w.size(0));
       return out;
     }
-    if (single_bf16) return (L.bias ? at::addmm(*b, a, w.t()) : at::mm(a, w.t())).to(ct);
+    if (single_bf16) return L.bias ? at::addmm(*b, a, w.t()) : at::mm(a, w.t());
     return L.bias ? at::addmm(in_compute(*b, ct), a, w.t()) : at::mm(a, w.t());
   };
-  const Tensor gx_single = single ? product(widen ? xc : x, widen ? wih : w_ih, b_ih) : Tensor();
-  const Tensor gh0 = single ? product(widen ? h0c : h0, widen ? whh : w_hh, b_hh) : Tensor();
+  if (!widen && !L.project)
+    return single_step_bf16_fwd(L, x, product(x, w_ih, b_ih), product(h0, w_hh, b_hh), h0, c0,
+                                save);
+
+  const Tensor h0c = in_compute(h0, ct);
+  Tensor h = state_copy(h0, ct);
+  Tensor c = L.mode == Mode::LSTM ? state_copy(*c0, ct) : Tensor();
+  Tensor y = fresh({L.N, L.P}, opts);
+  Tensor ws = cached_empty({save ? L.N : 0, workspace::columns(L.mode, L.H)}, opts);
+  const Tensor y16 = bf16_products ? at::empty({L.N, L.P}, x.options()) : Tensor();
+  const Tensor gx_single =
+      single ? in_compute(product(widen ? xc : x, widen ? wih : w_ih, b_ih), ct) : Tensor();
+  const Tensor gh0 =
+      single ? in_compute(product(widen ? h0c : h0, widen ? whh : w_hh, b_hh), ct) : Tensor();
 
   // The loop's per-step scratch (ForwardArgs::gh).
   const int64_t rows = L.B * scratch_copies(dims, ct);

@@ -87,6 +87,31 @@ struct ForwardArgs {
 template <typename S>
 void forward_loop(const LayerDims& dims, const ForwardArgs<S>& args);
 
+// A bfloat16 single step (T = 1, every row live, no projection) whose two
+// products the caller made: G = uint16_t for bfloat16 bits (ATen's bf16
+// matmul, rounded as torch.nn's cells round them), float for fp32 sums
+// (rows_times_wt_bf16). The same gate pass as forward_loop's, on each row
+// widened to fp32 in a buffer of the thread, writing the bfloat16 results
+// directly: no fp32 copies of the products, states and outputs as separate
+// passes (each an ATen conversion and allocation, ~5-7 us a call at B = 64,
+// H = 256).
+template <typename G>
+struct SingleStepBf16 {
+  Mode mode;
+  int64_t B, H;
+  const G* gx;           // (B, G*H) x @ W_ih^T + b_ih
+  const G* gh;           // (B, G*H) h0 @ W_hh^T + b_hh (GRU's b_hn included)
+  const uint16_t* h0;    // (B, H) bfloat16
+  const uint16_t* c0;    // (B, H) bfloat16; LSTM only, else null
+  uint16_t* y;           // (B, H) out
+  uint16_t* h_n;         // (B, H) out: y's values, a separate output
+  uint16_t* c_n;         // (B, H) out; LSTM only, else null
+  float* ws;             // (B, workspace::columns(mode, H)) out, or null (inference)
+};
+
+template <typename G>
+void single_step_bf16(const SingleStepBf16<G>& args);
+
 // Columns of the pre-activation gradient buffer: G*H, except GRU, whose input
 // and hidden sides differ in the n gate: [d r | d z | d x_n | d h_n] (4H).
 inline int64_t dgate_columns(Mode mode, int64_t H) {
