@@ -8,7 +8,12 @@
 //   dh carry = dg_hidden @ W_hh (+ GRU's direct dh * z), a small GEMM.
 // The weight gradients are left to large GEMMs after each range, which is why
 // the loop also writes h_prev (and, projecting, dy_total and h_cell) per token.
+#include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
+
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "fastrnn/cpu/recurrence.h"
 #include "fastrnn/cpu/small_gemm.h"
@@ -21,6 +26,48 @@ namespace {
 
 using at::vec::Vectorized;
 namespace ws_col = workspace;
+
+// One row's gate backward over units [j0, j1) of each gate: dh_t = dy + dh
+// (dh null: dy alone, as a projection's dh_cell), the workspace row (ws) of
+// the forward, and per mode: LSTM c_prev read and dc read and written in
+// place (dc <- dc_prev); GRU h_prev read and dh written in place with its
+// direct term dh * z; RNN y read. dg's row (dgate_columns) written; an LSTM
+// with a projection also writes o * tanh(c) to h_cell (W_hr's gradient).
+template <typename S, Mode M>
+inline void backward_row(int64_t j0, int64_t j1, int64_t H, const S* dy, S* dh, const S* ws,
+                         const S* c_prev, S* dc, const S* h_prev, const S* y, S* dg,
+                         S* h_cell) {
+  using V = Vectorized<S>;
+  for_each_vector<S>(j0, j1, [&](int64_t j, int64_t cnt) {
+    auto ld = [&](const S* q) { return V::loadu(q + j, cnt); };
+    auto st = [&](const V& v, S* q) { v.store(q + j, cnt); };
+    const V dh_t = dh ? ld(dy) + ld(dh) : ld(dy);
+    if constexpr (M == Mode::LSTM) {
+      const V o = ld(ws + ws_col::kLstmO * H), c = ld(ws + ws_col::kLstmC * H);
+      const auto g = lstm_backward(dh_t, ld(dc), ld(ws + ws_col::kLstmI * H),
+                                   ld(ws + ws_col::kLstmF * H), ld(ws + ws_col::kLstmG * H), o, c,
+                                   ld(c_prev));
+      st(g.i, dg);
+      st(g.f, dg + H);
+      st(g.g, dg + 2 * H);
+      st(g.o, dg + 3 * H);
+      st(g.c_prev, dc);
+      if (h_cell) st(lstm_cell_output(o, c), h_cell);
+    } else if constexpr (M == Mode::GRU) {
+      const auto g = gru_backward(dh_t, ld(ws + ws_col::kGruR * H), ld(ws + ws_col::kGruZ * H),
+                                  ld(ws + ws_col::kGruN * H), ld(ws + ws_col::kGruHn * H),
+                                  ld(h_prev));
+      st(g.r, dg);
+      st(g.z, dg + H);
+      st(g.x_n, dg + 2 * H);
+      st(g.h_n, dg + 3 * H);
+      st(g.h_prev, dh);
+    } else {
+      constexpr RnnAct A = M == Mode::RNN_TANH ? RnnAct::Tanh : RnnAct::Relu;
+      st(rnn_backward<A>(dh_t, ld(y)), dg);
+    }
+  });
+}
 
 template <typename S, Mode M, bool bf16>
 void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>& a,
@@ -64,37 +111,11 @@ void backward_part(const LayerDims& d, const Steps& steps, const BackwardArgs<S>
       const S* gy = a.grad_y + n * P;
       S* dhr = dh + r * P;
       S* dg = a.dg + (n - a.row0) * dgc;
-      for_each_vector<S>(j0, j1, [&](int64_t j, int64_t cnt) {
-        auto ld = [&](const S* q) { return V::loadu(q + j, cnt); };
-        auto st = [&](const V& v, S* q) { v.store(q + j, cnt); };
-        const V dh_t = project ? ld(dh_cell + r * H) : ld(gy) + ld(dhr);
-        if constexpr (M == Mode::LSTM) {
-          const S* cp = p >= 0 ? a.ws + p * cols + ws_col::kLstmC * H : a.c0 + b * H;
-          S* dc = a.dc + b * H;
-          const V o = ld(ws + ws_col::kLstmO * H), c = ld(ws + ws_col::kLstmC * H);
-          const auto g = lstm_backward(dh_t, ld(dc), ld(ws + ws_col::kLstmI * H),
-                                       ld(ws + ws_col::kLstmF * H), ld(ws + ws_col::kLstmG * H),
-                                       o, c, ld(cp));
-          st(g.i, dg);
-          st(g.f, dg + H);
-          st(g.g, dg + 2 * H);
-          st(g.o, dg + 3 * H);
-          st(g.c_prev, dc);
-          if (project) st(lstm_cell_output(o, c), a.h_cell + (n - a.row0) * H);
-        } else if constexpr (M == Mode::GRU) {
-          const auto g = gru_backward(dh_t, ld(ws + ws_col::kGruR * H), ld(ws + ws_col::kGruZ * H),
-                                      ld(ws + ws_col::kGruN * H), ld(ws + ws_col::kGruHn * H),
-                                      ld(hp));
-          st(g.r, dg);
-          st(g.z, dg + H);
-          st(g.x_n, dg + 2 * H);
-          st(g.h_n, dg + 3 * H);
-          st(g.h_prev, dhr);
-        } else {
-          constexpr RnnAct A = M == Mode::RNN_TANH ? RnnAct::Tanh : RnnAct::Relu;
-          st(rnn_backward<A>(dh_t, ld(a.y + n * P)), dg);
-        }
-      });
+      backward_row<S, M>(j0, j1, H, project ? dh_cell + r * H : gy, project ? nullptr : dhr, ws,
+                         p >= 0 ? a.ws + p * cols + ws_col::kLstmC * H
+                                : (a.c0 ? a.c0 + b * H : nullptr),
+                         a.dc ? a.dc + b * H : nullptr, hp, a.y + n * P, dg,
+                         project ? a.h_cell + (n - a.row0) * H : nullptr);
     }
 
     if constexpr (bf16) {  // this part's columns of dg, as the product's bf16 operand
@@ -150,5 +171,56 @@ void backward_loop(const LayerDims& d, const BackwardArgs<S>& a) {
 
 template void backward_loop<float>(const LayerDims&, const BackwardArgs<float>&);
 template void backward_loop<double>(const LayerDims&, const BackwardArgs<double>&);
+
+void single_step_bf16_backward(const SingleStepBf16Grad& a) {
+  const int64_t H = a.H, cols = ws_col::columns(a.mode, H), dgc = dgate_columns(a.mode, H);
+  // Rows per task: at least ATen's grain of elements (single_step_bf16).
+  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(dgc, 1));
+  at::parallel_for(0, a.B, grain, [&](int64_t r0, int64_t r1) {
+    // The row's dy, dh (in, and GRU's direct term out), the state it reads
+    // (LSTM c0 and dc, GRU h0, RNN y), widened to fp32.
+    std::vector<float> buf(4 * H);
+    float* const dy = buf.data();
+    float* const dh = dy + H;
+    float* const state = dh + H;
+    float* const dc = state + H;
+    for (int64_t r = r0; r < r1; ++r) {
+      from_bf16_row(a.grad_y + r * H, dy, H);
+      from_bf16_row(a.grad_h_n + r * H, dh, H);
+      const float* ws = a.ws + r * cols;
+      float* dg = a.dg + r * dgc;
+      switch (a.mode) {
+        case Mode::LSTM:
+          from_bf16_row(a.c0 + r * H, state, H);
+          from_bf16_row(a.grad_c_n + r * H, dc, H);
+          backward_row<float, Mode::LSTM>(0, H, H, dy, dh, ws, state, dc, nullptr, nullptr, dg,
+                                          nullptr);
+          to_bf16_row(dc, a.dc0 + r * H, H);
+          break;
+        case Mode::GRU:
+          from_bf16_row(a.h0 + r * H, state, H);
+          backward_row<float, Mode::GRU>(0, H, H, dy, dh, ws, nullptr, nullptr, state, nullptr,
+                                         dg, nullptr);
+          std::memcpy(a.dh0 + r * H, dh, sizeof(float) * H);
+          if (a.dgh16) {  // [d r | d z] and d h_n
+            to_bf16_row(dg, a.dgh16 + r * 3 * H, 2 * H);
+            to_bf16_row(dg + 3 * H, a.dgh16 + r * 3 * H + 2 * H, H);
+          }
+          break;
+        case Mode::RNN_TANH:
+          from_bf16_row(a.y + r * H, state, H);
+          backward_row<float, Mode::RNN_TANH>(0, H, H, dy, dh, ws, nullptr, nullptr, nullptr,
+                                              state, dg, nullptr);
+          break;
+        case Mode::RNN_RELU:
+          from_bf16_row(a.y + r * H, state, H);
+          backward_row<float, Mode::RNN_RELU>(0, H, H, dy, dh, ws, nullptr, nullptr, nullptr,
+                                              state, dg, nullptr);
+          break;
+      }
+      to_bf16_row(dg, a.dg16 + r * dgc, dgc);
+    }
+  });
+}
 
 }  // namespace fastrnn::cpu

@@ -792,16 +792,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const bool bf16_products = bf16_operands(L, x);
   const bool bf16_loop = bf16_products && H % 2 == 0;
   const auto [single_bf16, single_gemv] = single_bf16_products(L, x, single);
+  // Such a step without projection runs its gate backward on the bfloat16
+  // operands as they are (single_step_bf16_backward) instead of the loop.
+  const bool bf16_step = (single_bf16 || single_gemv) && !L.project;
+  const bool lstm = L.mode == Mode::LSTM;
+  auto widened = [&](const Tensor& t) { return bf16_step ? Tensor() : in_compute(t, ct); };
   const Tensor xc = bf16_products || single_bf16 || !want_params ? Tensor() : in_compute(x, ct);
   const Tensor wih =
       bf16_products || single_bf16 || single_gemv || !want_dx ? Tensor() : in_compute(w_ih, ct);
   const Tensor whh = bf16_loop || single_bf16 || single_gemv ? Tensor() : in_compute(w_hh, ct);
-  const Tensor gy = in_compute(grad_y, ct), yc = in_compute(y, ct), h0c = in_compute(h0, ct);
-  const Tensor c0c = L.mode == Mode::LSTM ? in_compute(*c0, ct) : Tensor();
+  const Tensor gy = widened(grad_y), yc = widened(y), h0c = widened(h0);
+  const Tensor c0c = lstm ? widened(*c0) : Tensor();
   const auto opts = x.options().dtype(ct);
   const int64_t dgc = dgate_columns(L.mode, H);
-  Tensor dh = state_copy(grad_h_n, ct);
-  Tensor dc = L.mode == Mode::LSTM ? state_copy(grad_c_n, ct) : Tensor();
+  // dh and dc: in, grad_h_n and grad_c_n; out, dh0 and dc0 (bfloat16 steps:
+  // GRU's direct term of dh0 in fp32, dc0 in bfloat16).
+  Tensor dh = !bf16_step ? state_copy(grad_h_n, ct)
+              : L.mode == Mode::GRU ? at::empty({L.B, H}, opts) : Tensor();
+  Tensor dc = !lstm ? Tensor() : bf16_step ? at::empty({L.B, H}, x.options())
+                                           : state_copy(grad_c_n, ct);
 
   // With our products, the loop runs in ranges of steps, and each range's dG
   // goes into the products while it is still in cache; dG, h_prev (and dY,
@@ -818,13 +827,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   int64_t rows = whole ? L.N : 0;
   for (const StepRange& r : ranges) rows = std::max(rows, r.row1 - r.row0);
   Tensor dg = cached_empty({rows, dgc}, opts);
-  Tensor h_prev = cached_empty({rows, L.P}, opts);
+  Tensor h_prev = bf16_step ? Tensor() : cached_empty({rows, L.P}, opts);
   Tensor dy_total = L.project ? at::empty({rows, L.P}, opts) : Tensor();
   Tensor h_cell = L.project ? at::empty({rows, H}, opts) : Tensor();
   const LayerDims dims = dims_of(L, batch_sizes, reverse);
   Tensor dh_cell =
       L.project ? at::empty({L.B * scratch_copies(dims, ct), H}, opts) : Tensor();
-  Tensor dg16 = bf16_loop ? cached_empty(dg.sizes(), x.options()) : Tensor();
+  Tensor dg16 = bf16_loop || bf16_step ? cached_empty(dg.sizes(), x.options()) : Tensor();
+  const Tensor dgh16 = bf16_step && single_bf16 && L.mode == Mode::GRU
+                            ? at::empty({L.B, GH}, x.options())
+                            : Tensor();
 
   // GRU's hidden side differs from its input side in the n gate:
   // dg = [d r | d z | d x_n | d h_n], so its W_hh side is columns 0..2H and
@@ -844,7 +856,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const bool bias_grads = L.bias && want_params;
   std::vector<double> bias_sums(bias_grads ? dgc : 0, 0.0);  // column sums of dG
 
-  AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
+  if (bf16_step) {
+    single_step_bf16_backward({L.mode, L.B, H, bits(grad_y), bits(grad_h_n),
+                               lstm ? bits(grad_c_n) : nullptr, bits(y), bits(h0),
+                               lstm ? bits(*c0) : nullptr, workspace.data_ptr<float>(),
+                               dg.data_ptr<float>(), bits(dg16),
+                               dgh16.defined() ? bits(dgh16) : nullptr, lstm ? bits(dc) : nullptr,
+                               L.mode == Mode::GRU ? dh.data_ptr<float>() : nullptr});
+    if (bias_grads) add_column_sums<float>(L.B, dgc, dg.data_ptr<float>(), dgc, bias_sums.data());
+  } else AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_layer_bwd", [&] {
     using S = scalar_t;
     Tensor whh_storage, whr_storage, whh16_storage, wih_storage;
     auto ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; };
@@ -932,8 +952,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     // weights every call ran an LSTMCell's training step at B = 8, H = 1024
     // 0.45x of torch.nn (Emerald Rapids, 1 thread).
     const auto dt = single_bf16 ? at::kBFloat16 : ct;
-    const Tensor g = dg.to(dt), g_x = g.narrow(1, 0, GH);
-    const Tensor hp = want_params ? h_prev.to(dt) : Tensor();
+    const Tensor g = bf16_step && single_bf16 ? dg16 : dg.to(dt), g_x = g.narrow(1, 0, GH);
+    // h_prev of a single step is h0.
+    const Tensor hp = want_params ? (bf16_step ? h0 : h_prev).to(dt) : Tensor();
     const Tensor& wh = single_bf16 ? w_hh : whh;
     if (want_dx && single_gemv) {
       dx = at::empty({L.B, L.I}, opts);
@@ -943,22 +964,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
       dx = at::mm(g_x, single_bf16 ? w_ih : wih);
     }
     if (want_params) dw_ih = at::mm(g_x.t(), single_bf16 ? x : xc);
-    std::vector<Tensor> rows;
-    for (const Range& r : hidden_side) {
-      const Tensor g_r = g.narrow(1, r.dg_col, r.rows);
-      if (want_params) rows.push_back(at::mm(g_r.t(), hp));
-      if (!want_state) continue;
-      // dh0's W_hh term; GRU's loop already wrote its direct term dh * z.
-      const bool gru = L.mode == Mode::GRU;
-      if (single_gemv) {
+    // W_hh's side of dG: GRU's [d r | d z | d h_n] as one operand where the
+    // gate backward wrote it so (dgh16: one product each, and no cat of a
+    // 3H x H gradient), else column ranges of g.
+    const bool one_hidden = dgh16.defined();
+    const std::vector<Range> h_ranges =
+        one_hidden ? std::vector<Range>{{0, 0, GH}} : hidden_side;
+    const Tensor& g_h = one_hidden ? dgh16 : g;
+    if (want_params) {
+      std::vector<Tensor> rows;
+      for (const Range& r : h_ranges) rows.push_back(at::mm(g_h.narrow(1, r.dg_col, r.rows).t(), hp));
+      dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
+    }
+    // dh0's W_hh term; GRU's gate backward already wrote its direct term dh * z.
+    const bool gru = L.mode == Mode::GRU;
+    if (want_state && single_gemv) {
+      if (!dh.defined()) dh = at::empty({L.B, L.P}, opts);
+      for (const Range& r : hidden_side)
         rows_times_w_bf16(L.B, dg.data_ptr<float>() + r.dg_col, dgc, bits(w_hh) + r.w_row * L.P,
                           r.rows, L.P, dh.data_ptr<float>(), L.P, /*accumulate=*/gru);
-        continue;
+    } else if (want_state) {
+      for (const Range& r : h_ranges) {  // dh is else unused after the step
+        const Tensor term = at::mm(g_h.narrow(1, r.dg_col, r.rows), wh.narrow(0, r.w_row, r.rows));
+        dh = gru ? dh.add_(term) : term;
       }
-      const Tensor term = at::mm(g_r, wh.narrow(0, r.w_row, r.rows));
-      if (gru) dh.add_(term); else dh.copy_(term);
     }
-    if (want_params) dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
     if (L.project && want_params) at::mm_out(dw_hr, dy_total.t(), h_cell);
   } else if (bf16_products) {
     // A bfloat16 layer on a CPU with bf16 dot products: dG rounded to bfloat16

@@ -176,4 +176,29 @@ struct BackwardArgs {
 template <typename S>
 void backward_loop(const LayerDims& dims, const BackwardArgs<S>& args);
 
+// The gate backward of a bfloat16 single step without projection (the
+// forward's single_step_bf16), on each row widened to fp32 in a buffer of the
+// thread: dG in fp32 and rounded to bfloat16 (the bf16 products' operand;
+// for GRU also its W_hh side in one block, where asked), LSTM's dc0 in bfloat16, GRU's direct term of dh0 in fp32 (the caller adds
+// dG_h @ W_hh). Reads the bfloat16 operands as they are: no fp32 copies of
+// dy, dh, y, h0, c0 and dc as separate ATen conversions.
+struct SingleStepBf16Grad {
+  Mode mode;
+  int64_t B, H;
+  const uint16_t* grad_y;    // (B, H)
+  const uint16_t* grad_h_n;  // (B, H)
+  const uint16_t* grad_c_n;  // (B, H); LSTM only, else null
+  const uint16_t* y;         // (B, H) the forward's output (RNN reads it)
+  const uint16_t* h0;        // (B, H) (GRU reads it)
+  const uint16_t* c0;        // (B, H); LSTM only, else null
+  const float* ws;           // (B, workspace::columns(mode, H)) from single_step_bf16
+  float* dg;                 // (B, dgate_columns(mode, H)) out
+  uint16_t* dg16;            // (B, dgate_columns(mode, H)) out: dg rounded to bfloat16
+  uint16_t* dgh16;           // (B, 3H) out: GRU's W_hh side [d r | d z | d h_n] of dg16, or null
+  uint16_t* dc0;             // (B, H) out; LSTM only, else null
+  float* dh0;                // (B, H) out: dh * z; GRU only, else null
+};
+
+void single_step_bf16_backward(const SingleStepBf16Grad& args);
+
 }  // namespace fastrnn::cpu
