@@ -34,11 +34,11 @@ namespace ws_col = workspace;
 // direct term dh * z; RNN y read. dg's row (dgate_columns) written; an LSTM
 // with a projection also writes o * tanh(c) to h_cell (W_hr's gradient).
 template <typename S, Mode M>
-inline void backward_row(int64_t j0, int64_t j1, int64_t H, const S* dy, S* dh, const S* ws,
+inline FASTRNN_VECTOR_INLINE void backward_row(int64_t j0, int64_t j1, int64_t H, const S* dy, S* dh, const S* ws,
                          const S* c_prev, S* dc, const S* h_prev, const S* y, S* dg,
                          S* h_cell) {
   using V = Vectorized<S>;
-  for_each_vector<S>(j0, j1, [&](int64_t j, int64_t cnt) {
+  for_each_vector<S>(j0, j1, [&](int64_t j, int64_t cnt) FASTRNN_VECTOR_INLINE {
     auto ld = [&](const S* q) { return V::loadu(q + j, cnt); };
     auto st = [&](const V& v, S* q) { v.store(q + j, cnt); };
     const V dh_t = dh ? ld(dy) + ld(dh) : ld(dy);

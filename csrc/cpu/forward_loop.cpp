@@ -39,10 +39,10 @@ const auto& pick(const Bf16& bf16_form, const Other& other) {
 // and, unless null, the workspace row (workspace.h) written. An LSTM with a
 // projection writes o * tanh(c) to h_cell instead of h and y (W_hr follows).
 template <typename S, Mode M>
-inline void forward_row(int64_t j0, int64_t j1, int64_t H, const S* gx, const S* g,
+inline FASTRNN_VECTOR_INLINE void forward_row(int64_t j0, int64_t j1, int64_t H, const S* gx, const S* g,
                         const S* b_hn, S* c, S* h, S* y, S* ws, S* h_cell) {
   using V = Vectorized<S>;
-  for_each_vector<S>(j0, j1, [&](int64_t j, int64_t n) {
+  for_each_vector<S>(j0, j1, [&](int64_t j, int64_t n) FASTRNN_VECTOR_INLINE {
     auto ld = [&](const S* p) { return V::loadu(p + j, n); };
     auto st = [&](const V& v, S* p) { v.store(p + j, n); };
     if constexpr (M == Mode::LSTM) {
