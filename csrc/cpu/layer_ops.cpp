@@ -488,7 +488,7 @@ ForwardPlan raced_plan(const Layer& L, const Tensor& x, const Tensor& batch_size
   };
   const int64_t steps = sample_steps(L.T);
   const bool on_other = sample_prefers_second(
-      static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, steps, reverse, L.bias,
+      static_cast<int>(x.element_size()), L.B, L.I, L.G * L.H, L.P, steps, reverse, L.bias,
       blocks.packing, blocks.other_packing, static_cast<double>(L.T) / static_cast<double>(steps),
       [&] { run(blocks); }, [&] { run(other); });
   return on_other ? other : blocks;

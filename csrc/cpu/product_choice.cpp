@@ -49,8 +49,11 @@ double seconds(const std::chrono::steady_clock::time_point& start) {
 }
 
 // (product, element size, M, n, K with the token dimension bucketed,
-// transposes, threads, inside a parallel region, time steps of a layer sample)
-using Key = std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t>;
+// transposes, threads, inside a parallel region, time steps of a layer sample
+// or another size, the size of a layer's hidden state where M, n, K do not
+// give it)
+using Key =
+    std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t, int64_t>;
 
 // The extra Product values in cached_times' key: a bfloat16 single step's
 // products, the layer sample of close plans (sample_prefers_second), the
@@ -156,7 +159,7 @@ Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_tra
   while (bucket < std::min<int64_t>(tokens, 512)) bucket *= 2;
   tokens = bucket;
   const Key key{static_cast<int>(product), static_cast<int>(sizeof(S)), M, n, K, a_transposed,
-                b_transposed, at::get_num_threads(), at::in_parallel_region(), 0};
+                b_transposed, at::get_num_threads(), at::in_parallel_region(), 0, 0};
   // Operands of the sample's shape, made at the first measurement and filled
   // (values do not change the speed of either implementation; denormals
   // would, so none).
@@ -222,7 +225,7 @@ Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K,
 template <typename S>
 Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass) {
   const Key key{gate_pass ? kRecurrentStep : kInputStep, static_cast<int>(sizeof(S)), B, n, K,
-                false, true, at::get_num_threads(), at::in_parallel_region(), 0};
+                false, true, at::get_num_threads(), at::in_parallel_region(), 0, 0};
   std::vector<S> w, packed;
   auto pack = [&] {
     if (w.empty()) w.assign(n * K, S(0.25)), packed.resize(packed_size<S>(K, n));
@@ -329,7 +332,7 @@ bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH) {
   bool aten;
   if (products_pinned(&aten)) return aten;
   const Key key{kBf16Single, 2, B, GH, I, false, false, at::get_num_threads(),
-                at::in_parallel_region(), P};
+                at::in_parallel_region(), P, 0};
   std::optional<Bf16StepSample> sample;
   const Times t = cached_times(key, [&](int64_t repeats) {
     if (!sample) sample.emplace(B, I, P, GH);
@@ -344,7 +347,7 @@ bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, b
   bool aten;
   if (products_pinned(&aten)) return !aten;
   const Key key{kBf16Gemv, 2, B, GH, I, in_bf16, false, at::get_num_threads(),
-                at::in_parallel_region(), P};
+                at::in_parallel_region(), P, 0};
   std::optional<Bf16StepSample> sample;
   const Times t = cached_times(key, [&](int64_t repeats) {
     if (!sample) sample.emplace(B, I, P, GH);
@@ -361,7 +364,7 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
   bool aten;
   if (products_pinned(&aten)) return aten;
   const Key key{kBf16BackStep, 2, B, n, K, false, false, at::get_num_threads(),
-                at::in_parallel_region(), 0};
+                at::in_parallel_region(), 0, 0};
   std::vector<uint16_t> w, packed, ukernel;
   auto pack = [&] {
     if (w.empty()) w.assign(K * n, 0x3e80), packed.resize(packed_size_bf16(K, n));  // 0.25
@@ -391,7 +394,7 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
 
 Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I, bool per_step) {
   const Key key{kBf16Packing, 2, I, n, P, per_step, true, at::get_num_threads(),
-                at::in_parallel_region(), 0};
+                at::in_parallel_region(), 0, 0};
   std::vector<uint16_t> w, packed, ukernel;
   return cached_times(key, [&](int64_t repeats) {
     const int64_t K = std::max(P, I);
@@ -410,12 +413,12 @@ Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I, bool per_step) {
   });
 }
 
-bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t steps,
-                           bool reverse, bool bias, double first_setup, double second_setup,
-                           double scale,
+bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t P,
+                           int64_t steps, bool reverse, bool bias, double first_setup,
+                           double second_setup, double scale,
                            c10::function_ref<void()> first, c10::function_ref<void()> second) {
   const Key key{kBlasSteps, element_size, B, GH, I, reverse, bias, at::get_num_threads(),
-                at::in_parallel_region(), steps};
+                at::in_parallel_region(), steps, P};
   // Alternated, so that a change of clock or load reaches both, and each the
   // fastest of its runs: rounds of >= 5 ms, three of them, as a sample of a
   // small layer lasts ~0.2 ms and one interrupt in a few runs could decide.
@@ -447,7 +450,7 @@ void race_calls(int element_size, int64_t B, int64_t I, int64_t GH, int64_t T, b
   int64_t bucket = 1;
   while (bucket < T) bucket *= 2;
   const Key key{kAtenLstm, element_size, B, GH, I, reverse, bias, at::get_num_threads(),
-                at::in_parallel_region(), bucket};
+                at::in_parallel_region(), bucket, 0};
   struct Race {
     int calls = 0, decided = -1, timed[2] = {0, 0};
     double best[2] = {1e30, 1e30}, total[2] = {0, 0};

@@ -131,15 +131,15 @@ Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I, bool per_step);
 // layer_ops.cpp: BLAS steps against the blocks): both run the sample
 // alternated, each timed by its fastest run over three rounds of >= 5 ms,
 // the first time this element size, first batch size B, input I, gate
-// columns GH, sample `steps`, direction, bias and thread count are seen, and
-// those times are cached. A call `scale` times the sample's length costs
-// setup + (sample - setup) * scale for each, where setup is its one-off
-// cost per call (packing its weights): first_setup and second_setup
-// seconds. No margin: the candidates are close. FASTRNN_CPU_PRODUCTS is not
-// consulted (callers pin).
-bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t steps,
-                           bool reverse, bool bias, double first_setup, double second_setup,
-                           double scale,
+// columns GH, output size P (the step product's K), sample `steps`,
+// direction, bias and thread count are seen, and those times are cached. A
+// call `scale` times the sample's length costs setup + (sample - setup) *
+// scale for each, where setup is its one-off cost per call (packing its
+// weights): first_setup and second_setup seconds. No margin: the candidates
+// are close. FASTRNN_CPU_PRODUCTS is not consulted (callers pin).
+bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, int64_t P,
+                           int64_t steps, bool reverse, bool bias, double first_setup,
+                           double second_setup, double scale,
                            c10::function_ref<void()> first, c10::function_ref<void()> second);
 
 // Runs one layer call on first() or on second() (layer_ops.cpp: fastrnn's
