@@ -1,9 +1,10 @@
 // Rows times a stored bfloat16 weight or its transpose (interface and
 // contract: fastrnn/cpu/gemv_bf16.h).
-// W^T: blocks of 4 weight rows x 4 rows of A, 16 vdpbf16ps accumulators
-// over the whole K, their lanes summed four at a time; the four weight rows
-// (4 x K x 2 bytes, 8 KiB at K = 1024) stay in L1 while every block of A
-// rows passes over them.
+// W^T: blocks of 4 weight rows x 4 rows of A, 16 accumulators over the
+// whole K (vdpbf16ps where the build has AVX512-BF16, else W and A widened
+// in registers and fp32 FMAs), their lanes summed four at a time; the four
+// weight rows (4 x K x 2 bytes, 8 KiB at K = 1024) stay in L1 while every
+// block of A rows passes over them.
 // W: 64 columns at a time, 4 rows of A in 16 accumulators; each g widens one
 // 64-column piece of W's row g (exact: a bfloat16 is the top half of a
 // float) and adds A[r, g] times it, an fp32 FMA.
@@ -15,20 +16,34 @@
 
 #include "fastrnn/cpu/small_gemm_bf16.h"
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 namespace fastrnn::cpu {
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 namespace {
 
+// The first `count` of 16 lanes (all for count >= 16).
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((uint32_t{1} << count) - 1);
+}
+
+// 16 bfloat16 values from p[0 : count] (count <= 16) widened to fp32, zeros past the end.
+inline __m512 widen(const uint16_t* p, __mmask16 mask) {
+  // (The maskz forms: GCC 12's plain ones warn of an uninitialised value.)
+  const __m512i bits = _mm512_maskz_cvtepu16_epi32(mask, _mm256_maskz_loadu_epi16(mask, p));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(mask, bits, 16));
+}
+
+#if defined(__AVX512BF16__)
 // 32 bf16 values from p[0 : count] (count <= 32), zeros past the end.
 inline __m512bh load_pairs(const uint16_t* p, int64_t count) {
   const __mmask32 mask = count >= 32 ? ~__mmask32{0} : (__mmask32{1} << count) - 1;
   return (__m512bh)_mm512_maskz_loadu_epi16(mask, p);
 }
+#endif
 
 // The sum of v's 16 lanes (GCC 12's _mm512_reduce_add_ps warns of an
 // uninitialised value inside its own header).
@@ -64,6 +79,7 @@ void block(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0, int64_
   __m512 acc[A_ROWS][W_ROWS];
   for (int r = 0; r < A_ROWS; ++r)
     for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_setzero_ps();
+#if defined(__AVX512BF16__)
   for (int64_t k = 0; k < K; k += 32) {
     const int64_t count = std::min<int64_t>(32, K - k);
     __m512bh w[W_ROWS];
@@ -73,6 +89,17 @@ void block(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0, int64_
       for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], w[q], a);
     }
   }
+#else  // no bf16 dot products: 16 k at a time, both widened (exact), fp32 FMAs
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 mask = first_lanes(K - k);
+    __m512 w[W_ROWS];
+    for (int q = 0; q < W_ROWS; ++q) w[q] = widen(W + (j0 + q) * K + k, mask);
+    for (int r = 0; r < A_ROWS; ++r) {
+      const __m512 a = widen(A + r * lda + k, mask);
+      for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_fmadd_ps(a, w[q], acc[r][q]);
+    }
+  }
+#endif
   for (int r = 0; r < A_ROWS; ++r) {
     float* c = C + r * ldc + j0;
     if constexpr (W_ROWS == 4) {
@@ -122,23 +149,13 @@ void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint
 }
 namespace {
 
-// 16 bfloat16 values from p[0 : count] (count <= 16) widened to fp32, zeros past the end.
-inline __m512 widen(const uint16_t* p, __mmask16 mask) {
-  // (The maskz forms: GCC 12's plain ones warn of an uninitialised value.)
-  const __m512i bits = _mm512_maskz_cvtepu16_epi32(mask, _mm256_maskz_loadu_epi16(mask, p));
-  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(mask, bits, 16));
-}
-
 // C[r0 : r0 + R, i0 : i0 + 16 * V] (masked to n): R rows of A x V vectors of
 // W's columns in registers over the whole sum over g.
 template <int R, int V>
 void column_block(const float* A, int64_t lda, const uint16_t* W, int64_t G, int64_t n,
                   int64_t i0, float* C, int64_t ldc, bool accumulate) {
   __mmask16 mask[V];
-  for (int v = 0; v < V; ++v) {
-    const int64_t left = std::clamp<int64_t>(n - i0 - 16 * v, 0, 16);
-    mask[v] = static_cast<__mmask16>((uint32_t{1} << left) - 1);
-  }
+  for (int v = 0; v < V; ++v) mask[v] = first_lanes(std::max<int64_t>(n - i0 - 16 * v, 0));
   __m512 acc[R][V];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < V; ++v)

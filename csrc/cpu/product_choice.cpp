@@ -343,7 +343,7 @@ bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH) {
 }
 
 bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, bool in_bf16) {
-  if (!kBf16Products) return false;
+  if (!kBf16RowsKernels) return false;
   bool aten;
   if (products_pinned(&aten)) return !aten;
   const Key key{kBf16Gemv, 2, B, GH, I, in_bf16, false, at::get_num_threads(),

@@ -5,7 +5,9 @@
 // where ATen's bfloat16 matmul (a oneDNN primitive, its weight reordered each
 // call) takes ~55 us on the Emerald Rapids Xeon (docs/cpu_kernels.md,
 // "bfloat16 cells"). Per output, AVX512-BF16's vdpbf16ps sums pairs of exact
-// bf16 products in fp32 lanes over K, then the lanes are added.
+// bf16 products in fp32 lanes over K, then the lanes are added; an AVX-512
+// build without AVX512-BF16 (Skylake-SP to Ice Lake) widens W and A in
+// registers (exact) and sums their products with fp32 FMAs instead.
 //
 // Values are bfloat16 bit patterns (uint16_t), so the header needs no
 // framework type.
@@ -15,11 +17,18 @@
 
 namespace fastrnn::cpu {
 
+// Whether this build has the kernels below (AVX-512).
+#if defined(__AVX512F__)
+constexpr bool kBf16RowsKernels = true;
+#else
+constexpr bool kBf16RowsKernels = false;
+#endif
+
 // C[r, j] = bias[j] + sum_{k < K} A[r, k] * W[j, k]   for r < rows, j < n
 //   A (rows, K) bfloat16, row stride lda; W (n, K) bfloat16 row-major, as a
 //   Linear weight is stored; bias (n) fp32 or null for none; C (rows, n)
 //   fp32, row stride ldc. Any K (a masked tail). Threads share the columns
-//   (at::parallel_for). Only with kBf16Products (small_gemm_bf16.h).
+//   (at::parallel_for). Only with kBf16RowsKernels.
 void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint16_t* W,
                         int64_t n, int64_t K, const float* bias, float* C, int64_t ldc);
 
@@ -27,7 +36,7 @@ void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint
 //   for r < rows, i < n: the backward's dx = dG @ W_ih and dh = dG @ W_hh.
 //   A (rows, G) fp32 (dG, not rounded), row stride lda; W (G, n) bfloat16
 //   row-major as stored, widened in registers (exact); C (rows, n) fp32,
-//   row stride ldc. Threads share the columns. Only with kBf16Products.
+//   row stride ldc. Threads share the columns. Only with kBf16RowsKernels.
 void rows_times_w_bf16(int64_t rows, const float* A, int64_t lda, const uint16_t* W, int64_t G,
                        int64_t n, float* C, int64_t ldc, bool accumulate);
 

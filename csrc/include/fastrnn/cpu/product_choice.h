@@ -113,7 +113,7 @@ bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH);
 // reordered) than the way prefer_bf16_single_step chose (`in_bf16`), timed
 // once per shape and thread count; the backward keeps that choice. At B = 1
 // on the Emerald Rapids Xeon: ~10 us against oneDNN's ~55 per product; at
-// B = 8 the matmul led. Only with kBf16Products (small_gemm_bf16.h).
+// B = 8 the matmul led. Only with kBf16RowsKernels (gemv_bf16.h).
 // FASTRNN_CPU_PRODUCTS pins it (own: yes).
 bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, bool in_bf16);
 
