@@ -17,17 +17,22 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "fastrnn/cpu/gemv_bf16.h"
 #include "fastrnn/cpu/small_gemm_bf16.h"
 
 // `import fastrnn._C` loads this library, which runs the registrations below.
-// The module holds one build fact: cpu_bf16_products, whether bfloat16 CPU
+// The module holds two build facts: cpu_bf16_products, whether bfloat16 CPU
 // layers have bf16 dot-product blocks (AVX512-BF16 at build time) or run
-// the float32 loop on widened operands.
+// the float32 loop on widened operands; cpu_bf16_rows_kernels, whether the
+// build has gemv_bf16.h's kernels (AVX-512), which read bfloat16 weights as
+// stored.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* m = PyModule_Create(&module);
   if (m != nullptr &&
-      PyModule_AddIntConstant(m, "cpu_bf16_products", fastrnn::cpu::kBf16Products) != 0) {
+      (PyModule_AddIntConstant(m, "cpu_bf16_products", fastrnn::cpu::kBf16Products) != 0 ||
+       PyModule_AddIntConstant(m, "cpu_bf16_rows_kernels", fastrnn::cpu::kBf16RowsKernels) !=
+           0)) {
     Py_DECREF(m);
     return nullptr;
   }

@@ -417,6 +417,24 @@ def test_bfloat16_single_step_on_rows_times_wt(mode, batch, threads, monkeypatch
     assert_matches_oracle(case, False, threads, torch.bfloat16)
 
 
+@pytest.mark.skipif(not fastrnn._C.cpu_bf16_rows_kernels,
+                    reason="built without AVX-512: no rows_times_wt_bf16")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", 5), ("GRU", 0), ("RNN_TANH", 0)])
+def test_bfloat16_float32_loop_steps_on_rows_times_wt(mode, proj, reverse, threads, monkeypatch):
+    """A bfloat16 layer on the float32 loop (here: odd hidden and output sizes,
+    which the bf16 dot products cannot take; on a build without AVX512-BF16
+    every bf16 layer) runs its step product on rows_times_wt_bf16, W_hh read
+    as stored, where FASTRNN_CPU_PRODUCTS=own pins it (prefer_rows_bf16_step):
+    packed sequences (rows join and leave between steps), both directions,
+    batch tiles on 2 threads, K = 37 or 5 (masked tails). Outputs and
+    gradients against the oracle."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "own")
+    case = make_case(mode, proj, sizes=PACKED, hidden=37, input_size=18, dtype=torch.bfloat16)
+    assert_matches_oracle(case, reverse, threads, torch.bfloat16)
+
+
 # RNN_RELU on bfloat16 products (blas) is not among them: near ReLU's kink the
 # products rounded to bfloat16, as torch.nn's cells round them, flip the sign
 # of some pre-activations against the float64 oracle, and with it their terms

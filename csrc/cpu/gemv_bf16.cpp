@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "fastrnn/cpu/small_gemm_bf16.h"
 
@@ -36,6 +37,9 @@ inline __m512 widen(const uint16_t* p, __mmask16 mask) {
   const __m512i bits = _mm512_maskz_cvtepu16_epi32(mask, _mm256_maskz_loadu_epi16(mask, p));
   return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(mask, bits, 16));
 }
+
+// 16 lanes of an fp32 A row, zeros past the mask.
+inline __m512 widen(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
 
 #if defined(__AVX512BF16__)
 // 32 bf16 values from p[0 : count] (count <= 32), zeros past the end.
@@ -73,13 +77,15 @@ inline __m128 sum_lanes4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
 // C[r0 + r, j0 + q] for r < A_ROWS, q < W_ROWS (both <= 4): A_ROWS x W_ROWS
 // accumulators over the whole K; each chunk of 32 k loads W_ROWS pieces of W
 // and A_ROWS of A for A_ROWS x W_ROWS dot products.
-template <int A_ROWS, int W_ROWS>
-void block(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0, int64_t K,
+// A is bfloat16 (uint16_t) or fp32 (float, the widened loop's h).
+template <int A_ROWS, int W_ROWS, typename TA>
+void block(const TA* A, int64_t lda, const uint16_t* W, int64_t j0, int64_t K,
            const float* bias, float* C, int64_t ldc) {
   __m512 acc[A_ROWS][W_ROWS];
   for (int r = 0; r < A_ROWS; ++r)
     for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_setzero_ps();
 #if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<TA, uint16_t>) {
   for (int64_t k = 0; k < K; k += 32) {
     const int64_t count = std::min<int64_t>(32, K - k);
     __m512bh w[W_ROWS];
@@ -89,7 +95,10 @@ void block(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0, int64_
       for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], w[q], a);
     }
   }
-#else  // no bf16 dot products: 16 k at a time, both widened (exact), fp32 FMAs
+  } else
+#endif
+  // Without bf16 dot products, or an fp32 A: 16 k at a time, widened (exact),
+  // fp32 FMAs.
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 mask = first_lanes(K - k);
     __m512 w[W_ROWS];
@@ -99,7 +108,6 @@ void block(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0, int64_
       for (int q = 0; q < W_ROWS; ++q) acc[r][q] = _mm512_fmadd_ps(a, w[q], acc[r][q]);
     }
   }
-#endif
   for (int r = 0; r < A_ROWS; ++r) {
     float* c = C + r * ldc + j0;
     if constexpr (W_ROWS == 4) {
@@ -111,8 +119,8 @@ void block(const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0, int64_
   }
 }
 
-template <int W_ROWS>
-void rows_block(int64_t A_rows, const uint16_t* A, int64_t lda, const uint16_t* W, int64_t j0,
+template <int W_ROWS, typename TA>
+void rows_block(int64_t A_rows, const TA* A, int64_t lda, const uint16_t* W, int64_t j0,
                 int64_t K, const float* bias, float* C, int64_t ldc) {
   switch (A_rows) {
     case 1: block<1, W_ROWS>(A, lda, W, j0, K, bias, C, ldc); break;
@@ -122,10 +130,9 @@ void rows_block(int64_t A_rows, const uint16_t* A, int64_t lda, const uint16_t* 
   }
 }
 
-}  // namespace
-
-void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint16_t* W,
-                        int64_t n, int64_t K, const float* bias, float* C, int64_t ldc) {
+template <typename TA>
+void rows_times_wt(int64_t rows, const TA* A, int64_t lda, const uint16_t* W, int64_t n,
+                   int64_t K, const float* bias, float* C, int64_t ldc) {
   // Blocks of 4 outputs; a thread's share at least ~64K multiply-adds, so
   // that small products stay on one thread.
   const int64_t blocks = (n + 3) / 4;
@@ -135,7 +142,7 @@ void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint
       const int64_t j0 = 4 * b;
       for (int64_t r0 = 0; r0 < rows; r0 += 4) {
         const int64_t a_rows = std::min<int64_t>(4, rows - r0);
-        const uint16_t* a = A + r0 * lda;
+        const TA* a = A + r0 * lda;
         float* c = C + r0 * ldc;
         switch (std::min<int64_t>(4, n - j0)) {
           case 1: rows_block<1>(a_rows, a, lda, W, j0, K, bias, c, ldc); break;
@@ -147,6 +154,19 @@ void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint
     }
   });
 }
+
+}  // namespace
+
+void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint16_t* W,
+                        int64_t n, int64_t K, const float* bias, float* C, int64_t ldc) {
+  rows_times_wt(rows, A, lda, W, n, K, bias, C, ldc);
+}
+
+void rows_times_wt_bf16(int64_t rows, const float* A, int64_t lda, const uint16_t* W, int64_t n,
+                        int64_t K, const float* bias, float* C, int64_t ldc) {
+  rows_times_wt(rows, A, lda, W, n, K, bias, C, ldc);
+}
+
 namespace {
 
 // C[r0 : r0 + R, i0 : i0 + 16 * V] (masked to n): R rows of A x V vectors of
@@ -198,6 +218,8 @@ void rows_times_w_bf16(int64_t rows, const float* A, int64_t lda, const uint16_t
 }
 #else
 void rows_times_wt_bf16(int64_t, const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t,
+                        const float*, float*, int64_t) {}
+void rows_times_wt_bf16(int64_t, const float*, int64_t, const uint16_t*, int64_t, int64_t,
                         const float*, float*, int64_t) {}
 void rows_times_w_bf16(int64_t, const float*, int64_t, const uint16_t*, int64_t, int64_t, float*,
                        int64_t, bool) {}

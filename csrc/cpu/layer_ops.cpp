@@ -257,6 +257,17 @@ void blas_step(const void* ctx, int64_t rows, const S* h, S* out) {
   blas_gemm<S>(rows, w.GH, w.P, h, w.P, false, w.w, true, out, w.GH, false);
 }
 
+// ForwardArgs::step_product for a bfloat16 layer on the float32 loop: out
+// (rows, G*H) = h (rows, P) @ W_hh^T, W_hh's bfloat16 bits (StepWeights::w16)
+// read as stored (rows_times_wt_bf16, prefer_rows_bf16_step).
+template <typename S>
+void rows_bf16_step(const void* ctx, int64_t rows, const S* h, S* out) {
+  if constexpr (std::is_same_v<S, float>) {
+    const auto& w = *static_cast<const StepWeights<S>*>(ctx);
+    rows_times_wt_bf16(rows, h, w.P, w.w16, w.GH, w.P, nullptr, out, w.GH);
+  }
+}
+
 // BackwardArgs::step_product::fn_bf16 on ATen's bfloat16 kernels: the
 // ukernel on W_hh packed (K = G*H, n = P) where it runs, else the matmul on
 // W_hh's bfloat16 bits (G*H, P) as StepWeights::w16.
@@ -538,8 +549,13 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t grain = (L.B + threads - 1) / threads;
   const bool tiles = !single && scratch_copies(dims, ct) == 1;
+  // A bfloat16 layer on the float32 loop (no bf16 dot products in this build,
+  // or odd I or P) may read W_hh's bfloat16 in its step product instead of a
+  // widened, packed copy (batch tiles only: the product of every column).
+  const bool step_rows = x.scalar_type() == at::kBFloat16 && !bf16_products && tiles &&
+                         prefer_rows_bf16_step(L.B, L.G * L.H, L.P);
   ForwardPlan plan = forced ? *forced : AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
-    if (single) return ForwardPlan{false, false, false, false, 0.0};
+    if (single || step_rows) return ForwardPlan{false, false, false, false, 0.0};
     const bool may_per_step = project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
                                                sizeof(scalar_t));
     if (bf16_products) return plan_bf16_forward(L, tiles, may_per_step);
@@ -556,7 +572,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   const bool widen = !single_bf16 && !single_gemv;
   const Tensor xc = fp32_input && widen ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input && widen ? in_compute(w_ih, ct) : Tensor();
-  const Tensor whh = bf16_products || !widen ? Tensor() : in_compute(w_hh, ct);
+  const Tensor whh = bf16_products || !widen || step_rows ? Tensor() : in_compute(w_hh, ct);
   const auto opts = x.options().dtype(ct);
 
   // A single step with large weights (blas_single_step) packs nothing:
@@ -643,7 +659,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
               bits(y16)};
     }
     const StepWeights<scalar_t> step_weights{
-        step_blas ? ptr(whh) : nullptr, step_aten ? bits(w_hh) : nullptr, GH, L.P,
+        step_blas ? ptr(whh) : nullptr, step_aten || step_rows ? bits(w_hh) : nullptr, GH, L.P,
         step_aten ? ukernel_packed(w_hh, L.P, GH, /*transposed=*/true, whh16_storage)
                   : UkernelBf16{}};
     ForwardArgs<scalar_t> args{
@@ -653,7 +669,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
             ? packed<scalar_t>(wih, L.I, GH, /*transpose=*/true, wih_storage)
             : Packed<scalar_t>{nullptr, L.I, GH},
         fold ? bias.data() : nullptr,
-        single || bf16_products || step_blas
+        single || bf16_products || step_blas || step_rows
             ? Packed<scalar_t>{nullptr, L.P, GH}
             : packed<scalar_t>(whh, L.P, GH, /*transpose=*/true, whh_storage),
         single ? gh0.data_ptr<scalar_t>() : nullptr,
@@ -669,7 +685,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
         ptr(gx_step),
         ptr(h_cell),
         bf16,
-        {step_blas ? &blas_step<scalar_t> : nullptr,
+        {step_rows ? &rows_bf16_step<scalar_t> : step_blas ? &blas_step<scalar_t> : nullptr,
          step_aten ? &aten_bf16_step<scalar_t> : nullptr, &step_weights}};
     forward_loop<scalar_t>(dims, args);
   });

@@ -61,11 +61,13 @@ using Key =
 // projection per step (a second product of the step) and the recurrent step.
 // Each has its own slot in a thread's last-times cache, so that a layer
 // called in a loop, which looks up several of them per call, takes no lock.
-// kProducts: Product's five and these seven. kAtenLstm keys race_calls, which
-// keeps its own races.
-constexpr int kAtenLstm = -8, kBf16Gemv = -7, kBf16Single = -6, kBf16BackStep = -5,
-              kBlasSteps = -4, kBf16Packing = -3, kInputStep = -2, kRecurrentStep = -1;
-constexpr size_t kProducts = 12;
+// kProducts: Product's five, these eight and kAtenLstm's unused slot;
+// kAtenLstm keys race_calls, which keeps its own races. (Also a widened
+// bfloat16 layer's step product on rows_times_wt_bf16: kBf16RowsStep.)
+constexpr int kBf16RowsStep = -9, kAtenLstm = -8, kBf16Gemv = -7, kBf16Single = -6,
+              kBf16BackStep = -5, kBlasSteps = -4, kBf16Packing = -3, kInputStep = -2,
+              kRecurrentStep = -1;
+constexpr size_t kProducts = 14;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time: one warm-up, then the best of
@@ -77,7 +79,7 @@ Times cached_times(const Key& key, const Measure& time_both, double round_second
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16Gemv)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16RowsStep)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -390,6 +392,36 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
         }
       });
   return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
+}
+
+bool prefer_rows_bf16_step(int64_t B, int64_t GH, int64_t P) {
+  if (!kBf16RowsKernels) return false;
+  bool blas;
+  if (products_pinned(&blas)) return !blas;
+  const Key key{kBf16RowsStep, 2, B, GH, P, false, false, at::get_num_threads(),
+                at::in_parallel_region(), 0, 0};
+  std::vector<float> h, w, packed, out;
+  std::vector<uint16_t> w16;
+  const Times t = cached_times(key, [&](int64_t repeats) {
+    if (h.empty()) {
+      h.assign(B * P, 0.5f), w.assign(GH * P, 0.25f), out.assign(B * GH, 0.0f);
+      w16.assign(GH * P, uint16_t{0x3E80});  // 0.25
+      packed.resize(packed_size<float>(P, GH));
+      pack_rhs<float>(w.data(), P, GH, /*transpose=*/true, packed.data());
+    }
+    const double rows = seconds_of(repeats, [&] {
+      rows_times_wt_bf16(B, h.data(), P, w16.data(), GH, P, nullptr, out.data(), GH);
+    });
+    const double blocks = seconds_of(repeats, [&] {
+      small_gemm<float>(B, h.data(), P, Packed<float>{packed.data(), P, GH}, 0, P, out.data(), GH,
+                        false);
+    });
+    const double on_blas = seconds_of(repeats, [&] {
+      blas_gemm<float>(B, GH, P, h.data(), P, false, w.data(), true, out.data(), GH, false);
+    });
+    return Times{rows, std::min(blocks, on_blas), 0.0};
+  });
+  return t.own < t.blas;
 }
 
 Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I, bool per_step) {

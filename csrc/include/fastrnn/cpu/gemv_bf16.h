@@ -32,6 +32,11 @@ constexpr bool kBf16RowsKernels = false;
 void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint16_t* W,
                         int64_t n, int64_t K, const float* bias, float* C, int64_t ldc);
 
+// The same for an fp32 A (a widened bfloat16 layer's h_{t-1}), W still
+// bfloat16 as stored: W widened in registers, fp32 FMAs (any AVX-512).
+void rows_times_wt_bf16(int64_t rows, const float* A, int64_t lda, const uint16_t* W, int64_t n,
+                        int64_t K, const float* bias, float* C, int64_t ldc);
+
 // C[r, i] = (accumulate ? C[r, i] : 0) + sum_{g < G} A[r, g] * W[g, i]
 //   for r < rows, i < n: the backward's dx = dG @ W_ih and dh = dG @ W_hh.
 //   A (rows, G) fp32 (dG, not rounded), row stride lda; W (G, n) bfloat16
