@@ -9,7 +9,6 @@
 // The weight gradients are left to large GEMMs after each range, which is why
 // the loop also writes h_prev (and, projecting, dy_total and h_cell) per token.
 #include <ATen/Parallel.h>
-#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
 
 #include <algorithm>
 #include <cstring>
@@ -173,53 +172,35 @@ template void backward_loop<float>(const LayerDims&, const BackwardArgs<float>&)
 template void backward_loop<double>(const LayerDims&, const BackwardArgs<double>&);
 
 void single_step_bf16_backward(const SingleStepBf16Grad& a) {
-  const int64_t H = a.H, cols = ws_col::columns(a.mode, H), dgc = dgate_columns(a.mode, H);
-  // Rows per task: at least ATen's grain of elements (single_step_bf16).
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(dgc, 1));
-  at::parallel_for(0, a.B, grain, [&](int64_t r0, int64_t r1) {
-    // The row's dy, dh (in, and GRU's direct term out), the state it reads
-    // (LSTM c0 and dc, GRU h0, RNN y), widened to fp32.
-    std::vector<float> buf(4 * H);
-    float* const dy = buf.data();
-    float* const dh = dy + H;
-    float* const state = dh + H;
-    float* const dc = state + H;
-    for (int64_t r = r0; r < r1; ++r) {
-      from_bf16_row(a.grad_y + r * H, dy, H);
-      from_bf16_row(a.grad_h_n + r * H, dh, H);
-      const float* ws = a.ws + r * cols;
-      float* dg = a.dg + r * dgc;
-      switch (a.mode) {
-        case Mode::LSTM:
-          from_bf16_row(a.c0 + r * H, state, H);
-          from_bf16_row(a.grad_c_n + r * H, dc, H);
-          backward_row<float, Mode::LSTM>(0, H, H, dy, dh, ws, state, dc, nullptr, nullptr, dg,
-                                          nullptr);
-          to_bf16_row(dc, a.dc0 + r * H, H);
-          break;
-        case Mode::GRU:
-          from_bf16_row(a.h0 + r * H, state, H);
-          backward_row<float, Mode::GRU>(0, H, H, dy, dh, ws, nullptr, nullptr, state, nullptr,
-                                         dg, nullptr);
-          std::memcpy(a.dh0 + r * H, dh, sizeof(float) * H);
-          if (a.dgh16) {  // [d r | d z] and d h_n
-            to_bf16_row(dg, a.dgh16 + r * 3 * H, 2 * H);
-            to_bf16_row(dg + 3 * H, a.dgh16 + r * 3 * H + 2 * H, H);
-          }
-          break;
-        case Mode::RNN_TANH:
-          from_bf16_row(a.y + r * H, state, H);
-          backward_row<float, Mode::RNN_TANH>(0, H, H, dy, dh, ws, nullptr, nullptr, nullptr,
-                                              state, dg, nullptr);
-          break;
-        case Mode::RNN_RELU:
-          from_bf16_row(a.y + r * H, state, H);
-          backward_row<float, Mode::RNN_RELU>(0, H, H, dy, dh, ws, nullptr, nullptr, nullptr,
-                                              state, dg, nullptr);
-          break;
+  with_mode(a.mode, [&](auto mode) {
+    constexpr Mode M = decltype(mode)::value;
+    const int64_t H = a.H, cols = ws_col::columns(M, H), dgc = dgate_columns(M, H);
+    at::parallel_for(0, a.B, row_grain(dgc), [&](int64_t r0, int64_t r1) {
+      // The row's dy, dh (GRU: in dh0's row, where its direct term dh * z
+      // lands), the state it reads (LSTM c0, GRU h0, RNN y) and LSTM's dc,
+      // widened to fp32.
+      std::vector<float> buf(4 * H);
+      float* const dy = buf.data();
+      float* const state = dy + H;
+      float* const dc = state + H;
+      for (int64_t r = r0; r < r1; ++r) {
+        float* const dh = M == Mode::GRU ? a.dh0 + r * H : dc + H;
+        float* const dg = a.dg + r * dgc;
+        from_bf16_row(a.grad_y + r * H, dy, H);
+        from_bf16_row(a.grad_h_n + r * H, dh, H);
+        from_bf16_row((M == Mode::LSTM ? a.c0 : M == Mode::GRU ? a.h0 : a.y) + r * H, state, H);
+        if constexpr (M == Mode::LSTM) from_bf16_row(a.grad_c_n + r * H, dc, H);
+        // `state` as c_prev, h_prev and y alike: each mode reads its own.
+        backward_row<float, M>(0, H, H, dy, dh, a.ws + r * cols, state, dc, state, state, dg,
+                               nullptr);
+        if constexpr (M == Mode::LSTM) to_bf16_row(dc, a.dc0 + r * H, H);
+        if (M == Mode::GRU && a.dgh16) {  // [d r | d z] and d h_n
+          to_bf16_row(dg, a.dgh16 + r * 3 * H, 2 * H);
+          to_bf16_row(dg + 3 * H, a.dgh16 + r * 3 * H + 2 * H, H);
+        }
+        to_bf16_row(dg, a.dg16 + r * dgc, dgc);
       }
-      to_bf16_row(dg, a.dg16 + r * dgc, dgc);
-    }
+    });
   });
 }
 

@@ -7,7 +7,6 @@
 // writes y and the workspace. With a projection, a second small GEMM maps the
 // cell outputs through W_hr into y and h. The loop allocates nothing.
 #include <ATen/Parallel.h>
-#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
 
 #include <algorithm>
 #include <cstring>
@@ -215,41 +214,29 @@ const float* fp32_row(const float* p, int64_t r, int64_t n, float*) { return p +
 
 template <typename G>
 void single_step_bf16(const SingleStepBf16<G>& a) {
-  const int64_t H = a.H, GH = gates(a.mode) * H, cols = ws_col::columns(a.mode, H);
-  // Rows per task: at least ATen's grain of elements, so that a small cell
-  // stays on one thread.
-  const int64_t grain = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(GH, 1));
-  at::parallel_for(0, a.B, grain, [&](int64_t r0, int64_t r1) {
-    // The row's operands widened to fp32 (bf16 products only), its state and h.
-    std::vector<float> buf((std::is_same_v<G, float> ? 0 : 2 * GH) + 2 * H);
-    float* const gx32 = buf.data();
-    float* const gh32 = gx32 + (std::is_same_v<G, float> ? 0 : GH);
-    float* const state = buf.data() + buf.size() - 2 * H;  // c (LSTM) or h_{t-1} (GRU)
-    float* const h = state + H;
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* gx = fp32_row(a.gx, r, GH, gx32);
-      const float* gh = fp32_row(a.gh, r, GH, gh32);
-      float* ws = a.ws ? a.ws + r * cols : nullptr;
-      if (a.mode == Mode::GRU) from_bf16_row(a.h0 + r * H, h, H);  // read as h_{t-1}
-      if (a.mode == Mode::LSTM) from_bf16_row(a.c0 + r * H, state, H);
-      switch (a.mode) {
-        case Mode::LSTM:
-          forward_row<float, Mode::LSTM>(0, H, H, gx, gh, nullptr, state, h, h, ws, nullptr);
-          to_bf16_row(state, a.c_n + r * H, H);
-          break;
-        case Mode::GRU:
-          forward_row<float, Mode::GRU>(0, H, H, gx, gh, nullptr, nullptr, h, h, ws, nullptr);
-          break;
-        case Mode::RNN_TANH:
-          forward_row<float, Mode::RNN_TANH>(0, H, H, gx, gh, nullptr, nullptr, h, h, ws, nullptr);
-          break;
-        case Mode::RNN_RELU:
-          forward_row<float, Mode::RNN_RELU>(0, H, H, gx, gh, nullptr, nullptr, h, h, ws, nullptr);
-          break;
+  with_mode(a.mode, [&](auto mode) {
+    constexpr Mode M = decltype(mode)::value;
+    const int64_t H = a.H, GH = gates(M) * H, cols = ws_col::columns(M, H);
+    at::parallel_for(0, a.B, row_grain(GH), [&](int64_t r0, int64_t r1) {
+      // The row's products widened to fp32 (bf16 products only), its state
+      // (LSTM: c; GRU: h_{t-1}, then h) and h.
+      constexpr int64_t widened = std::is_same_v<G, float> ? 0 : 2;
+      std::vector<float> buf(widened * GH + 2 * H);
+      float* const gx32 = buf.data();
+      float* const gh32 = gx32 + (widened ? GH : 0);
+      float* const state = buf.data() + widened * GH;
+      float* const h = M == Mode::GRU ? state : state + H;
+      for (int64_t r = r0; r < r1; ++r) {
+        if constexpr (M == Mode::LSTM) from_bf16_row(a.c0 + r * H, state, H);
+        if constexpr (M == Mode::GRU) from_bf16_row(a.h0 + r * H, h, H);
+        forward_row<float, M>(0, H, H, fp32_row(a.gx, r, GH, gx32), fp32_row(a.gh, r, GH, gh32),
+                              nullptr, M == Mode::LSTM ? state : nullptr, h, h,
+                              a.ws ? a.ws + r * cols : nullptr, nullptr);
+        if constexpr (M == Mode::LSTM) to_bf16_row(state, a.c_n + r * H, H);
+        to_bf16_row(h, a.y + r * H, H);
+        to_bf16_row(h, a.h_n + r * H, H);
       }
-      to_bf16_row(h, a.y + r * H, H);
-      to_bf16_row(h, a.h_n + r * H, H);
-    }
+    });
   });
 }
 

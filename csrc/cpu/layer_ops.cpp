@@ -515,18 +515,14 @@ Forward single_step_bf16_fwd(const Layer& L, const Tensor& x, const Tensor& gx, 
   Tensor c_n = lstm ? at::empty({L.B, L.H}, x.options()) : at::empty({0}, x.options());
   Tensor ws = cached_empty({save ? L.N : 0, workspace::columns(L.mode, L.H)},
                            x.options().dtype(at::kFloat));
-  auto run = [&](auto* products) {
-    using G = std::remove_const_t<std::remove_pointer_t<decltype(products)>>;
-    auto data = [](const Tensor& t) {
-      if constexpr (std::is_same_v<G, float>) return t.data_ptr<float>();
-      else return bits(t);
-    };
-    single_step_bf16<G>({L.mode, L.B, L.H, data(gx), data(gh), bits(h0),
-                         lstm ? bits(*c0) : nullptr, bits(y), bits(h_n),
-                         lstm ? bits(c_n) : nullptr, save ? ws.data_ptr<float>() : nullptr});
+  auto run = [&](const auto* gx_data, const auto* gh_data) {  // fp32 or bfloat16 bits
+    using G = std::remove_const_t<std::remove_pointer_t<decltype(gx_data)>>;
+    single_step_bf16<G>({L.mode, L.B, L.H, gx_data, gh_data, bits(h0), lstm ? bits(*c0) : nullptr,
+                         bits(y), bits(h_n), lstm ? bits(c_n) : nullptr,
+                         save ? ws.data_ptr<float>() : nullptr});
   };
-  if (gx.scalar_type() == at::kFloat) run(static_cast<float*>(nullptr));
-  else run(static_cast<uint16_t*>(nullptr));
+  if (gx.scalar_type() == at::kFloat) run(gx.data_ptr<float>(), gh.data_ptr<float>());
+  else run(bits(gx), bits(gh));
   return {y, h_n, c_n, ws};
 }
 
@@ -553,7 +549,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // or odd I or P) may read W_hh's bfloat16 in its step product instead of a
   // widened, packed copy (batch tiles only: the product of every column).
   const bool step_rows = x.scalar_type() == at::kBFloat16 && !bf16_products && tiles &&
-                         prefer_rows_bf16_step(L.B, L.G * L.H, L.P);
+                         prefer_rows_bf16_step(L.B, grain, L.G * L.H, L.P);
   ForwardPlan plan = forced ? *forced : AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
     if (single || step_rows) return ForwardPlan{false, false, false, false, 0.0};
     const bool may_per_step = project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
@@ -969,8 +965,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     // 0.45x of torch.nn (Emerald Rapids, 1 thread).
     const auto dt = single_bf16 ? at::kBFloat16 : ct;
     const Tensor g = bf16_step && single_bf16 ? dg16 : dg.to(dt), g_x = g.narrow(1, 0, GH);
-    // h_prev of a single step is h0.
-    const Tensor hp = want_params ? (bf16_step ? h0 : h_prev).to(dt) : Tensor();
+    const Tensor hp = want_params ? h0.to(dt) : Tensor();  // a single step's h_prev
     const Tensor& wh = single_bf16 ? w_hh : whh;
     if (want_dx && single_gemv) {
       dx = at::empty({L.B, L.I}, opts);

@@ -61,9 +61,9 @@ using Key =
 // projection per step (a second product of the step) and the recurrent step.
 // Each has its own slot in a thread's last-times cache, so that a layer
 // called in a loop, which looks up several of them per call, takes no lock.
-// kProducts: Product's five, these eight and kAtenLstm's unused slot;
-// kAtenLstm keys race_calls, which keeps its own races. (Also a widened
-// bfloat16 layer's step product on rows_times_wt_bf16: kBf16RowsStep.)
+// kProducts: Product's five, these eight and kAtenLstm's slot, unused:
+// kAtenLstm keys race_calls, which keeps its own races. kBf16RowsStep: a
+// bfloat16 layer's step product on the float32 loop (prefer_rows_bf16_step).
 constexpr int kBf16RowsStep = -9, kAtenLstm = -8, kBf16Gemv = -7, kBf16Single = -6,
               kBf16BackStep = -5, kBlasSteps = -4, kBf16Packing = -3, kInputStep = -2,
               kRecurrentStep = -1;
@@ -394,33 +394,36 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
   return blas_wins(steps * t.own + t.own_setup, steps * t.blas);
 }
 
-bool prefer_rows_bf16_step(int64_t B, int64_t GH, int64_t P) {
+bool prefer_rows_bf16_step(int64_t B, int64_t grain, int64_t GH, int64_t P) {
   if (!kBf16RowsKernels) return false;
   bool blas;
   if (products_pinned(&blas)) return !blas;
+  // Against the float32 loop's step product as step_times chooses it, both
+  // run as the loop runs them (tile_times): `own` the rows kernel on W_hh's
+  // bfloat16, `blas` that product on its fp32 copy.
+  const Times fp32 = step_times<float>(B, grain, GH, P, /*gate_pass=*/true);
+  const bool fp32_blas = blas_wins(fp32.own, fp32.blas);
   const Key key{kBf16RowsStep, 2, B, GH, P, false, false, at::get_num_threads(),
                 at::in_parallel_region(), 0, 0};
-  std::vector<float> h, w, packed, out;
+  std::vector<float> w, packed;
   std::vector<uint16_t> w16;
-  const Times t = cached_times(key, [&](int64_t repeats) {
-    if (h.empty()) {
-      h.assign(B * P, 0.5f), w.assign(GH * P, 0.25f), out.assign(B * GH, 0.0f);
-      w16.assign(GH * P, uint16_t{0x3E80});  // 0.25
-      packed.resize(packed_size<float>(P, GH));
-      pack_rhs<float>(w.data(), P, GH, /*transpose=*/true, packed.data());
-    }
-    const double rows = seconds_of(repeats, [&] {
-      rows_times_wt_bf16(B, h.data(), P, w16.data(), GH, P, nullptr, out.data(), GH);
-    });
-    const double blocks = seconds_of(repeats, [&] {
-      small_gemm<float>(B, h.data(), P, Packed<float>{packed.data(), P, GH}, 0, P, out.data(), GH,
-                        false);
-    });
-    const double on_blas = seconds_of(repeats, [&] {
-      blas_gemm<float>(B, GH, P, h.data(), P, false, w.data(), true, out.data(), GH, false);
-    });
-    return Times{rows, std::min(blocks, on_blas), 0.0};
-  });
+  auto operands = [&] {  // made once; the blocks' packing is step_times' to count
+    if (!w16.empty()) return;
+    w16.assign(GH * P, uint16_t{0x3E80}), w.assign(GH * P, 0.25f);  // 0.25
+    packed.resize(packed_size<float>(P, GH));
+    pack_rhs<float>(w.data(), P, GH, /*transpose=*/true, packed.data());
+  };
+  const Times t = tile_times<float, float>(
+      key, B, grain, GH, P, 0.5f, /*gate_pass=*/true, operands,
+      [&](bool fp32_copy, int64_t rows, const float* h, float* out) {
+        if (!fp32_copy) {
+          rows_times_wt_bf16(rows, h, P, w16.data(), GH, P, nullptr, out, GH);
+        } else if (fp32_blas) {
+          blas_gemm<float>(rows, GH, P, h, P, false, w.data(), true, out, GH, false);
+        } else {
+          small_gemm<float>(rows, h, P, Packed<float>{packed.data(), P, GH}, 0, P, out, GH, false);
+        }
+      });
   return t.own < t.blas;
 }
 

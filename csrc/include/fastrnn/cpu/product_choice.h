@@ -119,12 +119,12 @@ bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, b
 
 // Whether a bfloat16 layer that runs the float32 loop (no bf16 dot products
 // in this build, or odd I or P) runs its step product h @ W_hh^T (h fp32, B
-// rows; W_hh (GH, P)) faster on rows_times_wt_bf16, which reads W_hh's
-// bfloat16 as stored, than on the better of the blocks and BLAS on its fp32
-// copy (half the bytes a step, and no widened copy or packing per call).
-// Timed once per shape and thread count; only with kBf16RowsKernels.
-// FASTRNN_CPU_PRODUCTS pins it (own: yes).
-bool prefer_rows_bf16_step(int64_t B, int64_t GH, int64_t P);
+// rows in batch tiles of `grain`; W_hh (GH, P)) faster on rows_times_wt_bf16,
+// which reads W_hh's bfloat16 as stored, than on its fp32 copy as
+// step_times chooses (half the bytes a step, and no widened copy or packing
+// per call). Timed once per shape and thread count; only with
+// kBf16RowsKernels. FASTRNN_CPU_PRODUCTS pins it (own: yes).
+bool prefer_rows_bf16_step(int64_t B, int64_t grain, int64_t GH, int64_t P);
 
 // Seconds a bfloat16 layer spends packing weights once per call, per plan:
 // `own` to pack W_hh (n, P) and, where it projects per step, W_ih (n, I) for

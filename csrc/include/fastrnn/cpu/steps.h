@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -110,6 +111,24 @@ inline bool project_per_step(const LayerDims& d, int64_t input_size, int64_t vec
   return d.T > 1 && rows >= 8 && (weight_bytes <= (4 << 20) || rows >= 32);
 }
 
+// fn(std::integral_constant<Mode, mode>{}): code compiled once per mode, its
+// gate math inlined and no per-element branch, chosen once per call.
+template <typename Fn>
+decltype(auto) with_mode(Mode mode, const Fn& fn) {
+  switch (mode) {
+    case Mode::LSTM: return fn(std::integral_constant<Mode, Mode::LSTM>{});
+    case Mode::GRU: return fn(std::integral_constant<Mode, Mode::GRU>{});
+    case Mode::RNN_TANH: return fn(std::integral_constant<Mode, Mode::RNN_TANH>{});
+    default: return fn(std::integral_constant<Mode, Mode::RNN_RELU>{});  // parse_mode's last
+  }
+}
+
+// Rows per task of an at::parallel_for over rows of `width` elements: at
+// least ATen's grain of elements, so that a small batch stays on one thread.
+inline int64_t row_grain(int64_t width) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(width, 1));
+}
+
 // Runs fn(mode, part) on one Part per thread, mode being
 // std::integral_constant<Mode, d.mode>: each mode's loop is compiled with its
 // gate math inlined and no per-element branch. Parts are either batch tiles
@@ -148,12 +167,7 @@ void for_each_part(const LayerDims& d, bool bf16, const Fn& fn) {
     else
       run_parts(mode, std::false_type{});
   };
-  switch (d.mode) {
-    case Mode::LSTM: return run(std::integral_constant<Mode, Mode::LSTM>{});
-    case Mode::GRU: return run(std::integral_constant<Mode, Mode::GRU>{});
-    case Mode::RNN_TANH: return run(std::integral_constant<Mode, Mode::RNN_TANH>{});
-    case Mode::RNN_RELU: return run(std::integral_constant<Mode, Mode::RNN_RELU>{});
-  }
+  with_mode(d.mode, run);
 }
 
 }  // namespace fastrnn::cpu
