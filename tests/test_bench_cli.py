@@ -196,29 +196,31 @@ def test_cudnn_algorithm_rule(cfg, device, forward, expected):
     assert cudnn.algo(cfg, *device, forward=forward) == expected
 
 
-def test_timing_repeats_short_calls_within_a_sample():
+def test_timing_repeats_short_calls_within_a_sample(monkeypatch):
     """A call shorter than min_sample_ms runs several times per sample, and
-    the sample is the per-call mean; a long call runs once."""
-    import time
+    the sample is the per-call mean; a long call runs once. The steps advance
+    a fake clock instead of sleeping: a real sleep(1 ms) took over 5 ms on a
+    loaded machine, and the test then saw one call per sample."""
+    import types
 
     from fastrnn.bench import timing
 
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
     counts = {"short": 0, "long": 0}
 
     def step(name, seconds):
         def run():
             counts[name] += 1
-            time.sleep(seconds)
+            clock[0] += seconds
         return run
 
     result = timing.measure({"short": step("short", 0.001), "long": step("long", 0.006)}, "cpu",
                             budget_s=0.0, min_rounds=3, max_rounds=3, warmup=1, min_sample_ms=5.0)
     assert counts["long"] == 1 + 3
-    # sleep(1 ms) lasts 1 ms or more: up to 2.5 ms on a loaded machine (seen
-    # beside a CUDA build), still two calls per sample.
-    assert 1 + 3 * 2 <= counts["short"] <= 1 + 3 * 5
-    assert all(1.0 <= ms < 3.0 for ms in result["short"].samples_ms)
-    assert all(ms >= 6.0 for ms in result["long"].samples_ms)
+    assert counts["short"] == 1 + 3 * 5  # ceil(5 ms / 1 ms) calls per sample
+    assert result["short"].samples_ms == pytest.approx([1.0] * 3)
+    assert result["long"].samples_ms == pytest.approx([6.0] * 3)
 
 
 def test_timing_interleaves_with_rotating_order():
