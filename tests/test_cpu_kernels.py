@@ -150,6 +150,22 @@ def test_two_threads_split_hidden(mode, sizes, hidden, reverse, monkeypatch):
     assert_bitwise(two, one)
 
 
+@pytest.mark.skipif(not fastrnn._C.cpu_bf16_rows_kernels,
+                    reason="built without AVX-512: no rows_times_wt_f32")
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("sizes,hidden", SPLIT_CASES, ids=["B5H256", "B1H128"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
+def test_two_threads_split_hidden_on_stored_w_hh(mode, sizes, hidden, reverse, monkeypatch):
+    """Hidden slices whose step product reads W_hh as stored, nothing packed
+    (rows_times_wt_f32 on each gate's rows of the slice; layer_ops.cpp,
+    plan_forward; FASTRNN_CPU_PRODUCTS=blas pins it there, as BLAS cannot cut
+    a slice): rows joining and leaving mid-loop, both directions, float32
+    outputs and gradients against the oracle."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "blas")
+    case = make_case(mode, sizes=sizes, hidden=hidden, input_size=9)
+    assert_matches_oracle(case, reverse, 2, torch.float32)
+
+
 def assert_bitwise(got, want):
     for g, w in zip(got[0] + got[1], want[0] + want[1], strict=True):
         torch.testing.assert_close(g, w, atol=0, rtol=0)

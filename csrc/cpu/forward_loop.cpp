@@ -131,21 +131,23 @@ void forward_part(const LayerDims& d, const Steps& steps, const ForwardArgs<S>& 
       }
     };
     const auto& product = a.step_product;
-    const bool through_fn = bf16 ? product.fn_bf16 != nullptr : product.fn != nullptr;
-    if (!given && through_fn && (bf16 || j1 - j0 == H)) {
-      if constexpr (bf16) {
-        const uint16_t* y16_prev = s == 0 ? nullptr : a.bf16.y + (y_prev - a.y);
-        const bool whole = j1 - j0 == H;  // one product, or one per gate's slice
-        for (int64_t g = 0; g < (whole ? 1 : gates(M)); ++g) {
-          const int64_t c0 = whole ? 0 : g * H + j0, cols = whole ? GH : j1 - j0;
-          product.fn_bf16(product.ctx, carried, y16_prev, c0, cols, gh + c0);
-          product.fn_bf16(product.ctx, live - carried, a.bf16.h0 + (b0 + carried) * P, c0, cols,
-                          gh + carried * GH + c0);
-        }
-      } else {
-        product.fn(product.ctx, carried, y_prev, gh);
-        product.fn(product.ctx, live - carried, a.h0 + (b0 + carried) * P, gh + carried * GH);
+    // The step product through product.fn (fn_bf16): rows carried from prev
+    // (the previous step's y) and rows joining from h0_rows.
+    auto through = [&](auto fn, const auto* prev, const auto* h0_rows) {
+      const bool whole = j1 - j0 == H;  // one product, or one per gate's slice
+      for (int64_t g = 0; g < (whole ? 1 : gates(M)); ++g) {
+        const int64_t c0 = whole ? 0 : g * H + j0, cols = whole ? GH : j1 - j0;
+        fn(product.ctx, carried, prev, c0, cols, gh + c0);
+        fn(product.ctx, live - carried, h0_rows, c0, cols, gh + carried * GH + c0);
       }
+    };
+    const bool through_fn = bf16 ? product.fn_bf16 != nullptr : product.fn != nullptr;
+    if (!given && through_fn) {
+      if constexpr (bf16)
+        through(product.fn_bf16, s == 0 ? nullptr : a.bf16.y + (y_prev - a.y),
+                a.bf16.h0 + (b0 + carried) * P);
+      else
+        through(product.fn, y_prev, a.h0 + (b0 + carried) * P);
     } else if (!given) {
       for_part_columns(pick<bf16>(a.bf16.whh_t, a.whh_t),
                        [&](const auto& w, int64_t c0) { recurrent(w, gh + c0); });

@@ -1,5 +1,5 @@
-// Rows times a stored bfloat16 weight or its transpose (interface and
-// contract: fastrnn/cpu/gemv_bf16.h).
+// Rows times a stored bfloat16 weight or its transpose, or a stored fp32
+// weight's transpose (interface and contract: fastrnn/cpu/gemv_bf16.h).
 // W^T: blocks of 4 weight rows x 4 rows of A, 16 accumulators over the
 // whole K (vdpbf16ps where the build has AVX512-BF16, else W and A widened
 // in registers and fp32 FMAs), their lanes summed four at a time; the four
@@ -77,9 +77,10 @@ inline __m128 sum_lanes4(__m512 v0, __m512 v1, __m512 v2, __m512 v3) {
 // C[r0 + r, j0 + q] for r < A_ROWS, q < W_ROWS (both <= 4): A_ROWS x W_ROWS
 // accumulators over the whole K; each chunk of 32 k loads W_ROWS pieces of W
 // and A_ROWS of A for A_ROWS x W_ROWS dot products.
-// A is bfloat16 (uint16_t) or fp32 (float, the widened loop's h).
-template <int A_ROWS, int W_ROWS, typename TA>
-void block(const TA* A, int64_t lda, const uint16_t* W, int64_t j0, int64_t K,
+// A is bfloat16 (uint16_t) or fp32 (float, the widened loop's h); so is W
+// (TW), the pair both bfloat16 or A fp32.
+template <int A_ROWS, int W_ROWS, typename TA, typename TW>
+void block(const TA* A, int64_t lda, const TW* W, int64_t j0, int64_t K,
            const float* bias, float* C, int64_t ldc) {
   __m512 acc[A_ROWS][W_ROWS];
   for (int r = 0; r < A_ROWS; ++r)
@@ -97,8 +98,8 @@ void block(const TA* A, int64_t lda, const uint16_t* W, int64_t j0, int64_t K,
   }
   } else
 #endif
-  // Without bf16 dot products, or an fp32 A: 16 k at a time, widened (exact),
-  // fp32 FMAs.
+  // Without bf16 dot products, or an fp32 A: 16 k at a time, widened (exact;
+  // an fp32 W as loaded), fp32 FMAs.
   for (int64_t k = 0; k < K; k += 16) {
     const __mmask16 mask = first_lanes(K - k);
     __m512 w[W_ROWS];
@@ -119,8 +120,8 @@ void block(const TA* A, int64_t lda, const uint16_t* W, int64_t j0, int64_t K,
   }
 }
 
-template <int W_ROWS, typename TA>
-void rows_block(int64_t A_rows, const TA* A, int64_t lda, const uint16_t* W, int64_t j0,
+template <int W_ROWS, typename TA, typename TW>
+void rows_block(int64_t A_rows, const TA* A, int64_t lda, const TW* W, int64_t j0,
                 int64_t K, const float* bias, float* C, int64_t ldc) {
   switch (A_rows) {
     case 1: block<1, W_ROWS>(A, lda, W, j0, K, bias, C, ldc); break;
@@ -130,8 +131,8 @@ void rows_block(int64_t A_rows, const TA* A, int64_t lda, const uint16_t* W, int
   }
 }
 
-template <typename TA>
-void rows_times_wt(int64_t rows, const TA* A, int64_t lda, const uint16_t* W, int64_t n,
+template <typename TA, typename TW>
+void rows_times_wt(int64_t rows, const TA* A, int64_t lda, const TW* W, int64_t n,
                    int64_t K, const float* bias, float* C, int64_t ldc) {
   // Blocks of 4 outputs; a thread's share at least ~64K multiply-adds, so
   // that small products stay on one thread.
@@ -164,6 +165,11 @@ void rows_times_wt_bf16(int64_t rows, const uint16_t* A, int64_t lda, const uint
 
 void rows_times_wt_bf16(int64_t rows, const float* A, int64_t lda, const uint16_t* W, int64_t n,
                         int64_t K, const float* bias, float* C, int64_t ldc) {
+  rows_times_wt(rows, A, lda, W, n, K, bias, C, ldc);
+}
+
+void rows_times_wt_f32(int64_t rows, const float* A, int64_t lda, const float* W, int64_t n,
+                       int64_t K, const float* bias, float* C, int64_t ldc) {
   rows_times_wt(rows, A, lda, W, n, K, bias, C, ldc);
 }
 
@@ -221,6 +227,8 @@ void rows_times_wt_bf16(int64_t, const uint16_t*, int64_t, const uint16_t*, int6
                         const float*, float*, int64_t) {}
 void rows_times_wt_bf16(int64_t, const float*, int64_t, const uint16_t*, int64_t, int64_t,
                         const float*, float*, int64_t) {}
+void rows_times_wt_f32(int64_t, const float*, int64_t, const float*, int64_t, int64_t,
+                       const float*, float*, int64_t) {}
 void rows_times_w_bf16(int64_t, const float*, int64_t, const uint16_t*, int64_t, int64_t, float*,
                        int64_t, bool) {}
 #endif

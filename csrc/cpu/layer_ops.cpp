@@ -250,21 +250,27 @@ struct StepWeights {
   UkernelBf16 ukernel{};
 };
 
-// ForwardArgs::step_product through BLAS: out (rows, G*H) = h (rows, P) @ W_hh^T.
+// ForwardArgs::step_product through BLAS: out (rows, cols; row stride G*H)
+// = h (rows, P) @ W_hh^T[:, c0 : c0 + cols], W_hh's rows c0.. as stored.
 template <typename S>
-void blas_step(const void* ctx, int64_t rows, const S* h, S* out) {
+void blas_step(const void* ctx, int64_t rows, const S* h, int64_t c0, int64_t cols, S* out) {
   const auto& w = *static_cast<const StepWeights<S>*>(ctx);
-  blas_gemm<S>(rows, w.GH, w.P, h, w.P, false, w.w, true, out, w.GH, false);
+  blas_gemm<S>(rows, cols, w.P, h, w.P, false, w.w + c0 * w.P, true, out, w.GH, false);
 }
 
-// ForwardArgs::step_product for a bfloat16 layer on the float32 loop: out
-// (rows, G*H) = h (rows, P) @ W_hh^T, W_hh's bfloat16 bits (StepWeights::w16)
-// read as stored (rows_times_wt_bf16, prefer_rows_bf16_step).
+// ForwardArgs::step_product on W_hh as stored, read by gemv_bf16.h's rows
+// kernels (nothing packed per call): its bfloat16 bits (StepWeights::w16)
+// for a bfloat16 layer on the float32 loop (prefer_rows_bf16_step), else
+// its fp32 (StepWeights::w; plan_forward's step_rows).
 template <typename S>
-void rows_bf16_step(const void* ctx, int64_t rows, const S* h, S* out) {
+void rows_step(const void* ctx, int64_t rows, const S* h, int64_t c0, int64_t cols, S* out) {
   if constexpr (std::is_same_v<S, float>) {
     const auto& w = *static_cast<const StepWeights<S>*>(ctx);
-    rows_times_wt_bf16(rows, h, w.P, w.w16, w.GH, w.P, nullptr, out, w.GH);
+    if (rows <= 0) return;
+    if (w.w16 != nullptr)
+      rows_times_wt_bf16(rows, h, w.P, w.w16 + c0 * w.P, cols, w.P, nullptr, out, w.GH);
+    else
+      rows_times_wt_f32(rows, h, w.P, w.w + c0 * w.P, cols, w.P, nullptr, out, w.GH);
   }
 }
 
@@ -373,7 +379,8 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
 
 // Where the fp32/fp64 forward's products run: the step product h_{t-1} @
 // W_hh^T on the packed blocks or BLAS (batch tiles only; hidden slices cut the
-// packed blocks by columns), and the input projection per step inside the
+// packed blocks by columns, or, float32 on AVX-512, read each gate's rows of
+// W_hh as stored: rows_step), and the input projection per step inside the
 // loop (on the blocks: steps.h, project_per_step) or hoisted before it as one
 // product over every token (blocks or BLAS, product_choice.h). One choice
 // among the three plans, from measured times (product_choice.h):
@@ -389,22 +396,35 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
 // not decide (at B = 64, H = 1024 they tied MKL with the blocks, and the loop
 // on MKL then ran 6-10% slower; at B = 1, H = 1024 the blocks ran a GRU
 // 0.84x of torch.nn, BLAS 1.06x): `close` says so, and own_layer_fwd races
-// the two plans on the layer's first steps (raced_plan). FASTRNN_CPU_PRODUCTS
-// pins: own runs the blocks per step where allowed, blas runs BLAS hoisted.
-// bfloat16 layers plan with plan_bf16_forward.
+// the two plans on the layer's first steps (raced_plan). Hidden slices
+// weigh, by slice_step_times, the blocks' plans against
+//   stored W_hh, hoisted: T rows_step(P) + hoisted / 0.85
+// which packs nothing: a GRU at B = 1, H = 1024, T = 16 on 2 threads packed
+// its 12 MiB W_hh in ~1 ms of a 6 ms call. FASTRNN_CPU_PRODUCTS pins: own
+// runs the blocks per step where allowed, blas runs BLAS hoisted (slices:
+// the stored W_hh). bfloat16 layers plan with plan_bf16_forward.
 struct ForwardPlan {
   bool step_blas, step_aten, per_step, close;
   double packing;  // seconds the blocks plan spends packing weights per call (close plans)
   double other_packing = 0.0;  // the same for its alternative (bfloat16: the ukernel's W_hh^T)
+  bool step_rows = false;      // hidden slices' step products on W_hh as stored (rows_step)
 };
 
 template <typename S>
 ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per_step) {
+  // Hidden slices (no BLAS: it cannot cut the gates' units) may read W_hh as
+  // stored instead of packing it (slice_step_times).
+  const bool slice_rows = !tiles && std::is_same_v<S, float> && kBf16RowsKernels;
   bool blas;
-  if (products_pinned(&blas)) return {tiles && blas, false, may_per_step && !blas, false, 0.0};
+  if (products_pinned(&blas)) {
+    ForwardPlan pinned{tiles && blas, false, may_per_step && !blas, false, 0.0};
+    pinned.step_rows = slice_rows && blas;
+    return pinned;
+  }
   const int64_t GH = L.G * L.H;
   const double T = static_cast<double>(L.T);
-  const Times step = step_times<S>(L.B, grain, GH, L.P, /*gate_pass=*/true);
+  const Times step = slice_rows ? slice_step_times(L.B, GH, L.P)
+                                : step_times<S>(L.B, grain, GH, L.P, /*gate_pass=*/true);
   const Times whole = product_times<S>(Product::InputProjection, L.N, GH, L.I, false, true,
                                        /*tokens_in_m=*/true);
   const double hoisted = std::min(whole.own, whole.blas) / 0.85;
@@ -416,7 +436,15 @@ ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per
     per_step = in_loop < blocks;
     if (per_step) blocks = in_loop, packing += input.own_setup;
   }
-  if (!tiles) return {false, false, per_step, false, packing};
+  if (!tiles) {
+    // On W_hh as stored: no packing, the projection hoisted; a tie keeps the blocks.
+    if (slice_rows && blas_wins(blocks, T * step.blas + hoisted)) {
+      ForwardPlan rows{false, false, false, false, 0.0};
+      rows.step_rows = true;
+      return rows;
+    }
+    return {false, false, per_step, false, packing};
+  }
   const double on_blas = T * step.blas + hoisted;
   if (on_blas * 1.15 < blocks) return {true, false, false, false, 0.0};
   return {false, false, per_step, on_blas < blocks * 1.15, packing};
@@ -548,10 +576,10 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // A bfloat16 layer on the float32 loop (no bf16 dot products in this build,
   // or odd I or P) may read W_hh's bfloat16 in its step product instead of a
   // widened, packed copy (batch tiles only: the product of every column).
-  const bool step_rows = x.scalar_type() == at::kBFloat16 && !bf16_products && tiles &&
+  const bool bf16_rows = x.scalar_type() == at::kBFloat16 && !bf16_products && tiles &&
                          prefer_rows_bf16_step(L.B, grain, L.G * L.H, L.P);
   ForwardPlan plan = forced ? *forced : AT_DISPATCH_FLOATING_TYPES(ct, "fastrnn_forward_plan", [&] {
-    if (single || step_rows) return ForwardPlan{false, false, false, false, 0.0};
+    if (single || bf16_rows) return ForwardPlan{false, false, false, false, 0.0};
     const bool may_per_step = project_per_step(dims, L.I, at::vec::Vectorized<scalar_t>::size(),
                                                sizeof(scalar_t));
     if (bf16_products) return plan_bf16_forward(L, tiles, may_per_step);
@@ -563,12 +591,14 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // A bfloat16 layer's step products through ATen's bfloat16 matmul (on AMX
   // 4x the bf16 blocks at B = 64, H = 256).
   const bool step_blas = plan.step_blas, step_aten = plan.step_aten, per_step = plan.per_step;
+  // The step product on W_hh as stored (rows_step): its bfloat16, or its fp32.
+  const bool step_rows = bf16_rows || plan.step_rows;
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
   const auto [single_bf16, single_gemv] = single_bf16_products(L, x, single);
   const bool widen = !single_bf16 && !single_gemv;
   const Tensor xc = fp32_input && widen ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input && widen ? in_compute(w_ih, ct) : Tensor();
-  const Tensor whh = bf16_products || !widen || step_rows ? Tensor() : in_compute(w_hh, ct);
+  const Tensor whh = bf16_products || !widen || bf16_rows ? Tensor() : in_compute(w_hh, ct);
   const auto opts = x.options().dtype(ct);
 
   // A single step with large weights (blas_single_step) packs nothing:
@@ -655,7 +685,8 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
               bits(y16)};
     }
     const StepWeights<scalar_t> step_weights{
-        step_blas ? ptr(whh) : nullptr, step_aten || step_rows ? bits(w_hh) : nullptr, GH, L.P,
+        step_blas || plan.step_rows ? ptr(whh) : nullptr,
+        step_aten || bf16_rows ? bits(w_hh) : nullptr, GH, L.P,
         step_aten ? ukernel_packed(w_hh, L.P, GH, /*transposed=*/true, whh16_storage)
                   : UkernelBf16{}};
     ForwardArgs<scalar_t> args{
@@ -681,7 +712,7 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
         ptr(gx_step),
         ptr(h_cell),
         bf16,
-        {step_rows ? &rows_bf16_step<scalar_t> : step_blas ? &blas_step<scalar_t> : nullptr,
+        {step_rows ? &rows_step<scalar_t> : step_blas ? &blas_step<scalar_t> : nullptr,
          step_aten ? &aten_bf16_step<scalar_t> : nullptr, &step_weights}};
     forward_loop<scalar_t>(dims, args);
   });

@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <array>
@@ -63,11 +64,12 @@ using Key =
 // called in a loop, which looks up several of them per call, takes no lock.
 // kProducts: Product's five, these eight and kAtenLstm's slot, unused:
 // kAtenLstm keys race_calls, which keeps its own races. kBf16RowsStep: a
-// bfloat16 layer's step product on the float32 loop (prefer_rows_bf16_step).
-constexpr int kBf16RowsStep = -9, kAtenLstm = -8, kBf16Gemv = -7, kBf16Single = -6,
-              kBf16BackStep = -5, kBlasSteps = -4, kBf16Packing = -3, kInputStep = -2,
-              kRecurrentStep = -1;
-constexpr size_t kProducts = 14;
+// bfloat16 layer's step product on the float32 loop (prefer_rows_bf16_step);
+// kSliceStep: the float32 step product of hidden slices (slice_step_times).
+constexpr int kSliceStep = -10, kBf16RowsStep = -9, kAtenLstm = -8, kBf16Gemv = -7,
+              kBf16Single = -6, kBf16BackStep = -5, kBlasSteps = -4, kBf16Packing = -3,
+              kInputStep = -2, kRecurrentStep = -1;
+constexpr size_t kProducts = 15;
 
 // The cached times for `key`, measured by time_both(repeats) -> Times for
 // `repeats` runs of each the first time: one warm-up, then the best of
@@ -79,7 +81,7 @@ Times cached_times(const Key& key, const Measure& time_both, double round_second
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kBf16RowsStep)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kSliceStep)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -240,6 +242,45 @@ Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass)
     } else {
       small_gemm<S>(rows, h, K, Packed<S>{packed.data(), K, n}, 0, K, out, n, false);
     }
+  });
+}
+
+Times slice_step_times(int64_t B, int64_t n, int64_t K) {
+  const int64_t threads = std::max(1, at::get_num_threads());
+  const Key key{kSliceStep, 4, B, n, K, false, true, static_cast<int>(threads),
+                at::in_parallel_region(), 0, 0};
+  constexpr int64_t VL = at::vec::Vectorized<float>::size();
+  std::vector<float> w, packed, h, out, gates;
+  auto pack = [&] {
+    if (w.empty()) w.assign(n * K, 0.25f), packed.resize(packed_size<float>(K, n));
+    pack_rhs<float>(w.data(), K, n, /*transpose=*/true, packed.data());
+  };
+  return cached_times(key, [&](int64_t repeats) {
+    if (h.empty()) h.assign(B * K, 0.5f), out.assign(B * n, 0.0f), gates.assign(2 * B * n, 0.0f);
+    const double pack_seconds = seconds_of(repeats, pack);
+    // Columns [bound(p), bound(p + 1)) for part p: whole vectors, as
+    // for_each_part cuts the units of each gate.
+    auto bound = [&](int64_t p) { return n / VL * p / threads * VL; };
+    auto slices = [&](bool rows) {
+      return seconds_of(repeats, [&] {
+        at::parallel_for(0, threads, 1, [&](int64_t p0, int64_t p1) {
+          const int64_t c0 = bound(p0), cols = bound(p1) - c0;
+          if (rows)
+            rows_times_wt_f32(B, h.data(), K, w.data() + c0 * K, cols, K, nullptr,
+                              out.data() + c0, n);
+          else
+            small_gemm<float>(B, h.data(), K, packed_columns(Packed<float>{packed.data(), K, n}, c0, cols),
+                              0, K, out.data() + c0, n, false);
+          for (int64_t r = 0; r < B; ++r) {  // the gate pass's sweep (tile_times)
+            float* pass = gates.data() + 2 * (r * n + c0);
+            const float* o = out.data() + r * n + c0;
+            for (int64_t i = 0; i < cols; ++i) pass[2 * i] += o[i], pass[2 * i + 1] -= o[i];
+          }
+        });
+      });
+    };
+    const double blocks = slices(false);
+    return Times{blocks, slices(true), pack_seconds};
   });
 }
 

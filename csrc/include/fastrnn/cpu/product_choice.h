@@ -68,6 +68,16 @@ Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_tra
 template <typename S>
 Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass);
 
+// The same step product out (B, n) = h (B, K) @ W^T where threads split
+// its columns (hidden slices: steps.h, split_hidden), each thread its share
+// of whole vectors concurrently, each followed by the gate pass's sweep:
+// own the packed blocks (small_gemm), with the packing of W as own_setup;
+// blas W read as stored by rows_times_wt_f32 (gemv_bf16.h), nothing packed.
+// float32, with kBf16RowsKernels only. Cached per shape and thread count.
+// (The loop's slices are one range of units per gate; here one range of
+// columns of the same width in all.)
+Times slice_step_times(int64_t B, int64_t n, int64_t K);
+
 // Whether blas_gemm is faster than gemm for `product` of this shape on this
 // machine (product_times), unless FASTRNN_CPU_PRODUCTS pins it.
 template <typename S>

@@ -68,16 +68,15 @@ struct ForwardArgs {
     const uint16_t* h0;  // (B, P)
     uint16_t* y;         // (N, P) out: y rounded to bfloat16 (the op's output)
   } bf16;
-  // When fn is set, the step product of a part that computes every column
-  // (batch tiles, not hidden slices) runs through it instead of the packed
-  // whh_t: fn(ctx, rows, h (rows, P), out (rows, G*H)) writes out = h @ W_hh^T
-  // (the caller's BLAS, where product_choice.h measured it faster). In a
-  // bf16 instantiation fn_bf16 runs every step product instead of
-  // bf16.whh_t, from the bfloat16 rows of h (bf16.y, bf16.h0), a hidden
-  // slice's too: fn_bf16(ctx, rows, h, c0, cols, out) writes out (rows, cols;
-  // row stride G*H) = h @ W_hh^T[:, c0 : c0 + cols], once per gate.
+  // When fn is set, every step product runs through it instead of the
+  // packed whh_t (the caller's BLAS, or W_hh read as stored, where
+  // product_choice.h measured that faster): fn(ctx, rows, h (rows, P), c0,
+  // cols, out) writes out (rows, cols; row stride G*H) = h @ W_hh^T[:, c0 :
+  // c0 + cols], once for all G*H columns of a batch tile, once per gate for
+  // a hidden slice's units. In a bf16 instantiation fn_bf16 does the same
+  // from the bfloat16 rows of h (bf16.y, bf16.h0) instead of bf16.whh_t.
   struct StepProduct {
-    void (*fn)(const void* ctx, int64_t rows, const S* h, S* out);
+    void (*fn)(const void* ctx, int64_t rows, const S* h, int64_t c0, int64_t cols, S* out);
     void (*fn_bf16)(const void* ctx, int64_t rows, const uint16_t* h, int64_t c0, int64_t cols,
                     S* out);
     const void* ctx;
