@@ -153,17 +153,19 @@ def test_two_threads_split_hidden(mode, sizes, hidden, reverse, monkeypatch):
 @pytest.mark.skipif(not fastrnn._C.cpu_bf16_rows_kernels,
                     reason="built without AVX-512: no rows_times_wt_f32")
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("sizes,hidden", SPLIT_CASES, ids=["B5H256", "B1H128"])
+@pytest.mark.parametrize("sizes,hidden,threads", [(*case, 2) for case in SPLIT_CASES] + [
+    (PACKED, 21, 1), (PACKED, 21, 2)], ids=["B5H256-split", "B1H128-split", "tiles", "tiles2"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
-def test_two_threads_split_hidden_on_stored_w_hh(mode, sizes, hidden, reverse, monkeypatch):
-    """Hidden slices whose step product reads W_hh as stored, nothing packed
-    (rows_times_wt_f32 on each gate's rows of the slice; layer_ops.cpp,
-    plan_forward; FASTRNN_CPU_PRODUCTS=blas pins it there, as BLAS cannot cut
-    a slice): rows joining and leaving mid-loop, both directions, float32
-    outputs and gradients against the oracle."""
-    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "blas")
+def test_steps_on_stored_w_hh(mode, sizes, hidden, threads, reverse, monkeypatch):
+    """The float32 loop's step product reading W_hh as stored, nothing packed
+    (rows_step: rows_times_wt_f32; layer_ops.cpp, plan_forward), pinned by
+    FASTRNN_CPU_PRODUCTS=stored: hidden slices (each gate's rows of a slice)
+    and batch tiles (every column; H = 21, a masked tail of 5 after 16), rows
+    joining and leaving mid-loop, both directions, float32 outputs and
+    gradients against the oracle."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "stored")
     case = make_case(mode, sizes=sizes, hidden=hidden, input_size=9)
-    assert_matches_oracle(case, reverse, 2, torch.float32)
+    assert_matches_oracle(case, reverse, threads, torch.float32)
 
 
 def assert_bitwise(got, want):
@@ -275,7 +277,7 @@ def test_products_on_blas_or_blocks(mode, proj, monkeypatch):
         assert_matches_oracle(case, True, 1)
         monkeypatch.delenv("FASTRNN_CPU_RANGE_ROWS")
     monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "fast")
-    with pytest.raises(RuntimeError, match="FASTRNN_CPU_PRODUCTS must be own, blas or auto"):
+    with pytest.raises(RuntimeError, match="FASTRNN_CPU_PRODUCTS must be own, blas, stored or auto"):
         outputs_and_grads(_ops.layer, *case, False, torch.float32)
 
 

@@ -400,25 +400,30 @@ std::vector<StepRange> step_ranges(const Layer& L, const Tensor& batch_sizes, bo
 // weigh, by slice_step_times, the blocks' plans against
 //   stored W_hh, hoisted: T rows_step(P) + hoisted / 0.85
 // which packs nothing: a GRU at B = 1, H = 1024, T = 16 on 2 threads packed
-// its 12 MiB W_hh in ~1 ms of a 6 ms call. FASTRNN_CPU_PRODUCTS pins: own
-// runs the blocks per step where allowed, blas runs BLAS hoisted (slices:
-// the stored W_hh). bfloat16 layers plan with plan_bf16_forward.
+// its 12 MiB W_hh in ~1 ms of a 6 ms call. (Batch tiles have BLAS for a
+// plan without packing; weighed there too, the stored W_hh ran B = 1,
+// H = 256, T = 16 13-21% faster and B = 1, H = 64 9-23% slower on 1 thread:
+// not weighed.) FASTRNN_CPU_PRODUCTS pins: own runs the blocks per step
+// where allowed, blas runs BLAS hoisted (slices: the blocks), stored the
+// stored W_hh. bfloat16 layers plan with plan_bf16_forward.
 struct ForwardPlan {
   bool step_blas, step_aten, per_step, close;
   double packing;  // seconds the blocks plan spends packing weights per call (close plans)
   double other_packing = 0.0;  // the same for its alternative (bfloat16: the ukernel's W_hh^T)
-  bool step_rows = false;      // hidden slices' step products on W_hh as stored (rows_step)
+  bool step_rows = false;      // the step products on W_hh as stored (rows_step)
 };
 
 template <typename S>
 ForwardPlan plan_forward(const Layer& L, int64_t grain, bool tiles, bool may_per_step) {
-  // Hidden slices (no BLAS: it cannot cut the gates' units) may read W_hh as
-  // stored instead of packing it (slice_step_times).
-  const bool slice_rows = !tiles && std::is_same_v<S, float> && kBf16RowsKernels;
+  // float32 may read W_hh as stored instead of packing it (rows_step): by
+  // measurement (slice_step_times) in hidden slices, which have no BLAS plan
+  // (BLAS cannot cut each gate's units); in batch tiles only where pinned.
+  constexpr bool stored = std::is_same_v<S, float> && kBf16RowsKernels;
+  const bool slice_rows = !tiles && stored;
   bool blas;
   if (products_pinned(&blas)) {
     ForwardPlan pinned{tiles && blas, false, may_per_step && !blas, false, 0.0};
-    pinned.step_rows = slice_rows && blas;
+    if (stored && stored_pinned()) pinned.per_step = false, pinned.step_rows = true;
     return pinned;
   }
   const int64_t GH = L.G * L.H;

@@ -34,14 +34,16 @@ at::Tensor view(const S* X, int64_t rows, int64_t cols, int64_t ld, bool transpo
   return transposed ? t.t() : t;
 }
 
-enum class Pin { Auto, Own, Blas };
+enum class Pin { Auto, Own, Blas, Stored };
 
 Pin pinned() {
   const char* env = std::getenv("FASTRNN_CPU_PRODUCTS");
   if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return Pin::Auto;
   if (std::strcmp(env, "own") == 0) return Pin::Own;
+  if (std::strcmp(env, "stored") == 0) return Pin::Stored;
   TORCH_CHECK(std::strcmp(env, "blas") == 0,
-              "fastrnn: FASTRNN_CPU_PRODUCTS must be own, blas or auto, got '", env, "'");
+              "fastrnn: FASTRNN_CPU_PRODUCTS must be own, blas, stored or auto, got '", env,
+              "'");
   return Pin::Blas;
 }
 
@@ -150,6 +152,8 @@ bool products_pinned(bool* blas) {
   *blas = pin == Pin::Blas;
   return pin != Pin::Auto;
 }
+
+bool stored_pinned() { return pinned() == Pin::Stored; }
 
 template <typename S>
 Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_transposed,

@@ -45,8 +45,14 @@ struct Times {
 // same from process to process).
 bool blas_wins(double own, double blas);
 
-// True when FASTRNN_CPU_PRODUCTS pins the choice, then *blas tells which.
+// True when FASTRNN_CPU_PRODUCTS pins the choice, then *blas tells which
+// (stored pins the blocks here, as own does).
 bool products_pinned(bool* blas);
+
+// True when FASTRNN_CPU_PRODUCTS=stored: a float32 loop's step products on
+// W_hh as stored (rows_times_wt_f32) wherever that kernel runs, batch tiles
+// too; every other choice as own pins it.
+bool stored_pinned();
 
 // The times of `product` of this shape on this machine at the caller's thread
 // count: measured on a sample of at most 512 tokens (the dimension that grows
