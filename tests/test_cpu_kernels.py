@@ -155,17 +155,20 @@ def test_two_threads_split_hidden(mode, sizes, hidden, reverse, monkeypatch):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("sizes,hidden,threads", [(*case, 2) for case in SPLIT_CASES] + [
     (PACKED, 21, 1), (PACKED, 21, 2)], ids=["B5H256-split", "B1H128-split", "tiles", "tiles2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
-def test_steps_on_stored_w_hh(mode, sizes, hidden, threads, reverse, monkeypatch):
+def test_steps_on_stored_w_hh(mode, sizes, hidden, threads, reverse, dtype, monkeypatch):
     """The float32 loop's step product reading W_hh as stored, nothing packed
     (rows_step: rows_times_wt_f32; layer_ops.cpp, plan_forward), pinned by
     FASTRNN_CPU_PRODUCTS=stored: hidden slices (each gate's rows of a slice)
     and batch tiles (every column; H = 21, a masked tail of 5 after 16), rows
-    joining and leaving mid-loop, both directions, float32 outputs and
-    gradients against the oracle."""
+    joining and leaving mid-loop, both directions, outputs and gradients
+    against the oracle. bfloat16 with I = 9, which the bf16 dot products
+    cannot take: the float32 loop, reading W_hh's bfloat16 as stored
+    (rows_times_wt_bf16's fp32-A form)."""
     monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "stored")
-    case = make_case(mode, sizes=sizes, hidden=hidden, input_size=9)
-    assert_matches_oracle(case, reverse, threads, torch.float32)
+    case = make_case(mode, sizes=sizes, hidden=hidden, input_size=9, dtype=dtype)
+    assert_matches_oracle(case, reverse, threads, dtype)
 
 
 def assert_bitwise(got, want):

@@ -596,14 +596,17 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   // A bfloat16 layer's step products through ATen's bfloat16 matmul (on AMX
   // 4x the bf16 blocks at B = 64, H = 256).
   const bool step_blas = plan.step_blas, step_aten = plan.step_aten, per_step = plan.per_step;
-  // The step product on W_hh as stored (rows_step): its bfloat16, or its fp32.
+  // The step product on W_hh as stored (rows_step): a bfloat16 layer's
+  // bfloat16 (no widened copy; its slices weighed it as fp32, which reads
+  // twice the bytes a step), else its fp32.
   const bool step_rows = bf16_rows || plan.step_rows;
+  const bool stored_bf16 = step_rows && x.scalar_type() == at::kBFloat16;
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
   const auto [single_bf16, single_gemv] = single_bf16_products(L, x, single);
   const bool widen = !single_bf16 && !single_gemv;
   const Tensor xc = fp32_input && widen ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input && widen ? in_compute(w_ih, ct) : Tensor();
-  const Tensor whh = bf16_products || !widen || bf16_rows ? Tensor() : in_compute(w_hh, ct);
+  const Tensor whh = bf16_products || !widen || stored_bf16 ? Tensor() : in_compute(w_hh, ct);
   const auto opts = x.options().dtype(ct);
 
   // A single step with large weights (blas_single_step) packs nothing:
@@ -690,8 +693,8 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
               bits(y16)};
     }
     const StepWeights<scalar_t> step_weights{
-        step_blas || plan.step_rows ? ptr(whh) : nullptr,
-        step_aten || bf16_rows ? bits(w_hh) : nullptr, GH, L.P,
+        step_blas || (step_rows && !stored_bf16) ? ptr(whh) : nullptr,
+        step_aten || stored_bf16 ? bits(w_hh) : nullptr, GH, L.P,
         step_aten ? ukernel_packed(w_hh, L.P, GH, /*transposed=*/true, whh16_storage)
                   : UkernelBf16{}};
     ForwardArgs<scalar_t> args{
