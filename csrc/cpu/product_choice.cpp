@@ -197,6 +197,19 @@ bool prefer_blas(Product product, int64_t M, int64_t n, int64_t K, bool a_transp
   return blas_wins(t.own, t.blas);
 }
 
+// The gate pass's traffic after a part's step product, in the timings
+// below: rows x [c0, c0 + cols) of out (row stride n) read, twice as many
+// values of gates (2 per output, at the output's index) read and written.
+template <typename Out>
+void gate_pass_sweep(const Out* out, Out* gates, int64_t rows, int64_t c0, int64_t cols,
+                     int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const Out* o = out + r * n + c0;
+    Out* pass = gates + 2 * (r * n + c0);
+    for (int64_t i = 0; i < cols; ++i) pass[2 * i] += o[i], pass[2 * i + 1] -= o[i];
+  }
+}
+
 // The times of a step product's two candidates, product(blas, rows, h, out)
 // with blas false (the blocks) and true, run as the loop runs them: batch
 // tiles of `grain` rows concurrently, one per thread, `one` filling h. Each
@@ -219,9 +232,7 @@ Times tile_times(const Key& key, int64_t B, int64_t grain, int64_t n, int64_t K,
         at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
           Out* dst = out.data() + b0 * n;
           product(blas, b1 - b0, h.data() + b0 * K, dst);
-          if (!gate_pass) return;
-          Out* pass = gates.data() + 2 * b0 * n;
-          for (int64_t i = 0; i < (b1 - b0) * n; ++i) pass[2 * i] += dst[i], pass[2 * i + 1] -= dst[i];
+          if (gate_pass) gate_pass_sweep<Out>(dst, gates.data() + 2 * b0 * n, b1 - b0, 0, n, n);
         });
       });
     };
@@ -273,13 +284,10 @@ Times slice_step_times(int64_t B, int64_t n, int64_t K) {
             rows_times_wt_f32(B, h.data(), K, w.data() + c0 * K, cols, K, nullptr,
                               out.data() + c0, n);
           else
-            small_gemm<float>(B, h.data(), K, packed_columns(Packed<float>{packed.data(), K, n}, c0, cols),
-                              0, K, out.data() + c0, n, false);
-          for (int64_t r = 0; r < B; ++r) {  // the gate pass's sweep (tile_times)
-            float* pass = gates.data() + 2 * (r * n + c0);
-            const float* o = out.data() + r * n + c0;
-            for (int64_t i = 0; i < cols; ++i) pass[2 * i] += o[i], pass[2 * i + 1] -= o[i];
-          }
+            small_gemm<float>(B, h.data(), K,
+                              packed_columns(Packed<float>{packed.data(), K, n}, c0, cols), 0, K,
+                              out.data() + c0, n, false);
+          gate_pass_sweep(out.data(), gates.data(), B, c0, cols, n);
         });
       });
     };
