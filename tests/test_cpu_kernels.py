@@ -5,6 +5,10 @@ outputs, final states and every gradient; gradcheck in float64; opcheck for
 both ops; NaN-poisoned output buffers; bad inputs; torch.compile.
 """
 import contextlib
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -282,6 +286,44 @@ def test_products_on_blas_or_blocks(mode, proj, monkeypatch):
     monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "fast")
     with pytest.raises(RuntimeError, match="FASTRNN_CPU_PRODUCTS must be own, blas, stored or auto"):
         outputs_and_grads(_ops.layer, *case, False, torch.float32)
+
+
+VERBOSE_CHILD = """
+import torch, fastrnn
+torch.set_num_threads(1)
+torch.manual_seed(0)
+lstm = fastrnn.LSTM(20, 24)
+x = torch.randn(30, 9, 20, requires_grad=True)
+lstm(x)[0].sum().backward()
+with torch.no_grad():
+    for _ in range(140):  # decides the race of the loop and ATen's LSTM (race_calls)
+        lstm(x)
+"""
+
+
+@pytest.mark.parametrize("verbose", ["1", "0"])
+def test_verbose_reports_each_measurement(verbose):
+    """FASTRNN_CPU_VERBOSE=1 prints each measured choice to stderr once, with
+    both candidates' times (product_choice.cpp, report); unset or 0, nothing.
+    In a fresh process: the measurements are cached per process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTRNN_")}
+    env["FASTRNN_CPU_VERBOSE"] = verbose
+    done = subprocess.run([sys.executable, "-c", VERBOSE_CHILD], env=env, capture_output=True,
+                          text=True, check=True)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("fastrnn:")]
+    if verbose == "0":
+        assert lines == []
+        return
+    time = r"[\d.]+ us"
+    shape = r"\d-byte, M \d+ n \d+ K \d+(, A\^T)?(, B\^T)?, T \d+, P \d+, 1 thread"
+    for line in lines:
+        assert re.fullmatch(rf"fastrnn: [\w ',()]+, {shape}: [\w ]+ {time}, [\w ]+ {time}", line), line
+    what = [line.split(",")[0] for line in lines]
+    assert len(set(lines)) == len(lines)  # once each
+    # The backward's products after the loop, each measured; then the race.
+    for product in ("input gradient", "input weight gradient", "hidden weight gradient"):
+        assert f"fastrnn: {product}" in what
+    assert "fastrnn: LSTM layer (race of calls)" in what
 
 
 @pytest.mark.parametrize("batch", [1, 6, 13, 14, 15, 29, 64])

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -73,10 +74,55 @@ constexpr int kSliceStep = -10, kBf16RowsStep = -9, kAtenLstm = -8, kBf16Gemv = 
               kInputStep = -2, kRecurrentStep = -1;
 constexpr size_t kProducts = 15;
 
-// The cached times for `key`, measured by time_both(repeats) -> Times for
-// `repeats` runs of each the first time: one warm-up, then the best of
-// `rounds` rounds. Small products repeat until a round takes ~round_seconds,
-// so that timer resolution and one-off noise do not decide.
+// What each key's product is and what its two times are, for
+// FASTRNN_CPU_VERBOSE; indexed from kSliceStep up, then Product's five.
+struct Label {
+  const char *what, *first, *second;
+};
+constexpr std::array<Label, kProducts> kLabels{{
+    {"hidden slices' step product", "blocks", "W_hh as stored"},
+    {"bf16 step product on the fp32 loop", "bf16 rows", "fp32 product"},
+    {"LSTM layer (race of calls)", "fastrnn loop", "ATen LSTM"},
+    {"bf16 single step, rows kernel", "rows kernel", "ATen"},
+    {"bf16 single step", "fp32 widened", "ATen bf16"},
+    {"bf16 backward step product", "blocks", "ATen"},
+    {"layer sample of two plans", "first plan", "second plan"},
+    {"bf16 weight packing", "blocks", "ukernel"},
+    {"input projection per step", "blocks", "BLAS"},
+    {"recurrent step product", "blocks", "BLAS"},
+    {"input projection", "blocks", "BLAS"},
+    {"input gradient", "blocks", "BLAS"},
+    {"input weight gradient", "blocks", "BLAS"},
+    {"hidden weight gradient", "blocks", "BLAS"},
+    {"projection weight gradient", "blocks", "BLAS"},
+}};
+
+// FASTRNN_CPU_VERBOSE=1: each measurement to stderr once, as it is made, so
+// that a user comparing two machines sees what each measured (docs/cpu_kernels.md).
+bool verbose() {
+  static const bool on = [] {
+    const char* env = std::getenv("FASTRNN_CPU_VERBOSE");
+    return env != nullptr && *env != '\0' && std::strcmp(env, "0") != 0;
+  }();
+  return on;
+}
+
+// One line per measured key: its shape fields as Key names them, then the
+// two candidates' seconds per run.
+void report(const Key& key, double first, double second) {
+  if (!verbose()) return;
+  const auto [product, size, M, n, K, ta, tb, threads, nested, steps, P] = key;
+  const Label& l = kLabels[static_cast<size_t>(product - kSliceStep)];
+  std::fprintf(stderr,
+               "fastrnn: %s, %d-byte, M %lld n %lld K %lld%s%s, T %lld, P %lld, %d thread%s%s: "
+               "%s %.1f us, %s %.1f us\n",
+               l.what, size, static_cast<long long>(M), static_cast<long long>(n),
+               static_cast<long long>(K), ta ? ", A^T" : "", tb ? ", B^T" : "",
+               static_cast<long long>(steps), static_cast<long long>(P), threads,
+               threads == 1 ? "" : "s", nested ? " (nested)" : "", l.first, first * 1e6,
+               l.second, second * 1e6);
+}
+
 template <typename Measure>
 Times cached_times(const Key& key, const Measure& time_both, double round_seconds = 2e-4,
                    int rounds = 2) {
@@ -103,6 +149,7 @@ Times cached_times(const Key& key, const Measure& time_both, double round_second
          std::min(t.own_setup, next.own_setup)};
   }
   t = {t.own / repeats, t.blas / repeats, t.own_setup / repeats};
+  report(key, t.own, t.blas);
   const std::lock_guard<std::mutex> lock(mutex);
   return (mine = {key, measured.emplace(key, t).first->second}).second;
 }
@@ -570,7 +617,10 @@ void race_calls(int element_size, int64_t B, int64_t I, int64_t GH, int64_t T, b
   const double slow = std::max(race.best[0], race.best[1]);
   const bool enough = n >= kMinTimed && std::min(race.total[0], race.total[1]) >= kMinSeconds;
   const bool clear = n >= 1 && fast >= kLongCall && fast < 0.9 * slow;
-  if (enough || clear || n >= kMaxTimed) race.decided = race.best[1] < race.best[0] ? 1 : 0;
+  if (enough || clear || n >= kMaxTimed) {
+    race.decided = race.best[1] < race.best[0] ? 1 : 0;
+    report(key, race.best[0], race.best[1]);
+  }
 }
 
 template void blas_gemm<float>(int64_t, int64_t, int64_t, const float*, int64_t, bool,
