@@ -3,6 +3,10 @@ built in place), for a change that cannot run side by side in one process: two
 builds of fastrnn._C register the same op names.
 
     python3 benchmarks/compare_checkouts.py OLD_CHECKOUT NEW_CHECKOUT [--rounds 7]
+    python3 benchmarks/compare_checkouts.py OLD NEW --shape "RNN B64 H256 T64 training"
+
+--shape (repeatable) times the named shapes instead of the built-in list: a class,
+then B, H and T (I = H; T0 = one cell step), the mode, optionally a dtype.
 
 Each round runs every workload once per checkout, in a fresh process per
 checkout, alternating which goes first; a process reports its fastest batch
@@ -36,7 +40,7 @@ WORKLOADS = {
 
 CHILD = r"""
 import json, sys, time, torch, fastrnn
-torch.set_num_threads(1)
+torch.set_num_threads(int(sys.argv[2]))
 name, batch, hidden, steps, training, dtype = json.loads(sys.argv[1])
 dtype = getattr(torch, dtype)
 torch.manual_seed(0)
@@ -62,9 +66,21 @@ print(json.dumps(min(batches)))
 """
 
 
-def run(checkout: str, workload) -> float:
-    env = dict(os.environ, PYTHONPATH=checkout, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(workload)], env=env,
+def parse_shape(text: str) -> tuple:
+    """"GRU B64 H256 T16 training [bfloat16]" -> a WORKLOADS value."""
+    words = text.split()
+    if len(words) not in (5, 6) or [w[0] for w in words[1:4]] != ["B", "H", "T"] \
+            or words[4] not in ("inference", "training"):
+        raise SystemExit(f"expected 'CLASS B<n> H<n> T<n> inference|training "
+                                         f"[dtype]', got {text!r}")
+    batch, hidden, steps = (int(w[1:]) for w in words[1:4])
+    return (words[0], batch, hidden, steps, words[4] == "training",
+            words[5] if len(words) == 6 else "float32")
+
+
+def run(checkout: str, workload, threads: int) -> float:
+    env = dict(os.environ, PYTHONPATH=checkout, OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(workload), str(threads)], env=env,
                          cwd=checkout, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -75,15 +91,19 @@ def main() -> None:
     parser.add_argument("new")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", default="", help="run the workloads whose name contains this")
+    parser.add_argument("--shape", action="append", default=[],
+                        help="a shape to time instead of the built-in list (repeatable)")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    workloads = {text: parse_shape(text) for text in args.shape} or WORKLOADS
     print(f"| workload | old | new | new / old |\n|---|---|---|---|")
-    for label, workload in WORKLOADS.items():
+    for label, workload in workloads.items():
         if args.only not in label:
             continue
         old, new = [], []
         for r in range(args.rounds):
             order = (args.old, args.new) if r % 2 == 0 else (args.new, args.old)
-            got = {c: run(c, workload) for c in order}
+            got = {c: run(c, workload, args.threads) for c in order}
             old.append(got[args.old])
             new.append(got[args.new])
         ratio = statistics.median(n / o for n, o in zip(new, old))

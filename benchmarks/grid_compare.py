@@ -10,8 +10,8 @@ lowest ratios. Markdown, for docs/benchmarks.md.
     python benchmarks/grid_compare.py RUN/results.json      # one run: its speedups alone
 
 BEFORE may also be a Markdown file holding a table this script wrote: the
-"after" column of the table under the heading --section (e.g. "## 1 thread" of
-docs/benchmarks-intel.md) is then the before run, so a grid recorded in the docs
+"after" column (or a one-run table's speedups) of the table under the heading
+--section (e.g. "## 1 thread" of docs/benchmarks-intel.md) is then the before run, so a grid recorded in the docs
 can be compared with a new one without its results.json.
 """
 from __future__ import annotations
@@ -40,12 +40,15 @@ def ratios(path: str, backend: str) -> dict[tuple, tuple[float, float]]:
     return out
 
 
-ROW = re.compile(r"\| (\w+) \| (\w+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| [\d.]+x \| \**([\d.]+)x\** \| (\d+)% \|")
+# A row of either table this script writes: with a before column or without.
+ROW = re.compile(r"\| (\w+) \| (\w+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| "
+                 r"(?:\**[\d.]+x\** \| )?\**([\d.]+)x\** \| (\d+)% \|")
 
 
 def table_ratios(path: str, section: str) -> dict[tuple, tuple[float, float]]:
-    """shape -> (the "after" speedup, its spread) from a table this script wrote,
-    under the heading `section` of a Markdown file."""
+    """shape -> (the "after" speedup, or a one-run table's speedup, and its
+    spread) from a table this script wrote, under the heading `section` of a
+    Markdown file."""
     with open(path) as f:
         text = f.read()
     start = text.index(section + "\n")

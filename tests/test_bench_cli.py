@@ -265,6 +265,11 @@ def test_grid_compare_reads_its_own_tables(tmp_path):
                            capture_output=True, text=True, check=True).stdout
     assert "| gru | inference | 8 | 64 | 16 | 1 | 1.20x | 1.10x | 2% |" in again
     assert "| gru | inference | 8 | 256 | 16 | 1 | 3.00x | 2.00x | 2% |" in again
+    one_run = subprocess.run(GRID_COMPARE + [first], capture_output=True, text=True, check=True).stdout
+    doc.write_text("# Grid\n\n## 2 threads\n\n" + one_run)
+    after_one = subprocess.run(GRID_COMPARE + [str(doc), third, "--section", "## 2 threads"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "| gru | inference | 8 | 64 | 16 | 1 | 0.90x | 1.10x | 2% |" in after_one
 
 
 def test_grid_compare_tables_one_run(tmp_path):
@@ -275,3 +280,21 @@ def test_grid_compare_tables_one_run(tmp_path):
     assert "| gru | inference | 8 | 64 | 16 | 1 | **0.90x** | 2% |" in table
     assert "| gru | inference | 8 | 256 | 16 | 1 | 1.50x | 2% |" in table
     assert "2 shapes. Below 1.00x: 1. Lowest: 0.90x. Median: 1.20x." in table
+
+
+COMPARE_CHECKOUTS = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "compare_checkouts.py")]
+
+
+def test_compare_checkouts_times_named_shapes():
+    """benchmarks/compare_checkouts.py --shape times the named shape in both
+    checkouts (here the same one twice) and tables both medians and their ratio;
+    a malformed shape stops it with the expected form."""
+    root = str(Path(__file__).parents[1])
+    table = subprocess.run(COMPARE_CHECKOUTS + [root, root, "--rounds", "1", "--shape",
+                                                "RNNCell B2 H8 T0 inference"],
+                           capture_output=True, text=True, check=True).stdout
+    row = table.splitlines()[2]
+    assert row.startswith("| RNNCell B2 H8 T0 inference | ") and row.count(" us |") == 2, table
+    bad = subprocess.run(COMPARE_CHECKOUTS + [root, root, "--shape", "GRU 64 256 16 training"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "expected 'CLASS B<n> H<n> T<n>" in bad.stderr
