@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/transpose.h"
 
 namespace fastrnn::cpu {
 
@@ -51,8 +52,7 @@ void gemm(int64_t M, const S* A, int64_t lda, bool a_transposed, const Packed<S>
       for (int64_t g0 = m0; g0 < m1; g0 += kGroup) {
         // rows_of_a (rows, k) = op(A)[g0:g0 + rows, k0:k0 + k]
         const int64_t rows = std::min(kGroup, m1 - g0);
-        at::vec::transpose_mxn<S>(A + k0 * lda + g0, lda, rows_of_a.get(), kSlice,
-                                  static_cast<int>(k), static_cast<int>(rows));
+        transpose_matrix<S>(A + k0 * lda + g0, lda, rows_of_a.get(), kSlice, k, rows);
         small_gemm<S>(rows, rows_of_a.get(), kSlice, B, k0, k, C + g0 * ldc, ldc, acc);
       }
     }

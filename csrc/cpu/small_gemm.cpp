@@ -13,6 +13,7 @@
 // (the 6 x 16 float tile of BLIS's Haswell kernel); there 14-row blocks spilled
 // their accumulators to the stack every k.
 #include "fastrnn/cpu/small_gemm.h"
+#include "fastrnn/cpu/transpose.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -149,8 +150,7 @@ void row_blocks(int64_t rows, const S* A, int64_t lda, bool panels, const Packed
 template <typename S>
 void pack_panels(int64_t rows, const S* A, int64_t lda, int64_t K, S* dst) {
   for_each_row_block(rows, [&](int64_t r, int64_t n) {
-    at::vec::transpose_mxn<S>(A + r * lda, lda, dst + r * K, n, static_cast<int>(n),
-                              static_cast<int>(K));
+    transpose_matrix<S>(A + r * lda, lda, dst + r * K, n, n, K);
   });
 }
 
@@ -218,10 +218,9 @@ void pack_rhs(const S* src, int64_t K, int64_t n, bool transpose, S* dst) {
       const int64_t width = std::min(VL, n - j0);
       S* panel = dst + j0 * K;  // panel j0 / VL starts at (j0 / VL) * K * VL
       if (transpose) {
-        // ATen's in-register 16x16 transpose for float; a scalar gather was
-        // 10-15 % of a B=1 forward.
-        at::vec::transpose_mxn<S>(src + j0 * K, K, panel, VL, static_cast<int>(width),
-                                  static_cast<int>(K));
+        // 16 x 16 tiles transposed in registers (transpose.h); a scalar
+        // gather was 10-15 % of a B=1 forward.
+        transpose_matrix<S>(src + j0 * K, K, panel, VL, width, K);
       } else {
         for (int64_t k = 0; k < K; ++k)
           std::copy(src + k * n + j0, src + k * n + j0 + width, panel + k * VL);

@@ -3,6 +3,7 @@
 // vectors of C stays in registers for the whole reduction; each k pair loads
 // NB packed vectors once and broadcasts one (A[r, 2i], A[r, 2i+1]) pair per row.
 #include "fastrnn/cpu/small_gemm_bf16.h"
+#include "fastrnn/cpu/transpose.h"
 
 #include <ATen/cpu/vec/vec.h>
 
@@ -26,10 +27,9 @@ void pack_transposed_bf16(const uint16_t* w, int64_t K, int64_t n, uint16_t* dst
     std::fill(last, last + 16 * K, uint16_t{0});
   }
   for (int64_t j0 = 0; j0 < n; j0 += 16) {
-    const int width = static_cast<int>(std::min<int64_t>(16, n - j0));
-    at::vec::transpose_mxn<float>(reinterpret_cast<const float*>(w + j0 * K), pairs,
-                                  reinterpret_cast<float*>(dst + j0 * K), 16, width,
-                                  static_cast<int>(pairs));
+    const int64_t width = std::min<int64_t>(16, n - j0);
+    transpose_matrix<float>(reinterpret_cast<const float*>(w + j0 * K), pairs,
+                     reinterpret_cast<float*>(dst + j0 * K), 16, width, pairs);
   }
 }
 
