@@ -1,13 +1,16 @@
 // Out-of-place transposes, for packing operands into panels.
 //
 // transpose_matrix(src, ld_src, dst, ld_dst, M, N): dst (N, M; row stride
-// ld_dst) = src (M, N; row stride ld_src)^T. Float on AVX-512 transposes
-// each whole 16 x 16 tile in registers. ATen's transpose_mxn<float>, which the packing
-// used before, goes through a 16-vector array on the stack that it clears
-// with memset calls: packing a 4096 x 1024 float W for small_gemm took
-// 4.7-5.1 ms with it and 1.9 ms with the in-register tile (AMD Zen 4,
-// 1 thread). Partial tiles, other types and other instruction sets still use
-// ATen's transpose_mxn.
+// ld_dst) = src (M, N; row stride ld_src)^T. Float transposes each whole tile
+// (16 x 16 on AVX-512, 8 x 8 on AVX2) in registers. ATen's dynamic-size
+// transpose_mxn<float>, which the packing used before, goes on AVX-512
+// through a 16-vector array on the stack that it clears with memset calls,
+// and on AVX2 is a scalar loop over the elements. Packing W (n, K) into
+// small_gemm's panels on an AMD Zen 4, 1 thread, output allocated per call:
+// 4096 x 1024 took 4.0-5.1 ms with it and 1.9-3.0 with the tiles on AVX-512,
+// 3.7-5.0 and 1.8-2.1 built for AVX2; 1024 x 256 (in cache) 0.068 and 0.038
+// ms, and 0.153-0.158 and 0.031-0.039 ms. Partial tiles and other types
+// still use ATen's.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
@@ -16,19 +19,21 @@
 #include <cstdint>
 #include <type_traits>
 
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 namespace fastrnn::cpu {
 
 #if defined(__AVX512F__)
+constexpr int64_t kTile = 16;
+
 // dst[j * ld_dst + i] = src[i * ld_src + j] for i, j < 16. Row i of the
 // result gathers element i of the 16 source rows, in four rounds of
 // shuffles: 32-bit interleaves of row pairs, 64-bit pairs, which leave a
 // transposed 4 x 4 block in each 128-bit lane, then two rounds that move
 // whole lanes between rows 4 and 8 apart.
-inline void transpose_16x16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+inline void transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
   __m512 r[16], t[16];
   for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
   for (int i = 0; i < 16; i += 2) {
@@ -51,20 +56,44 @@ inline void transpose_16x16(const float* src, int64_t ld_src, float* dst, int64_
   }
   for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld_dst, r[i]);
 }
+#elif defined(__AVX2__)
+constexpr int64_t kTile = 8;
+
+// The same for i, j < 8: interleaves of row pairs and 64-bit pairs leave a
+// transposed 4 x 4 block in each 128-bit half; row i of the result is then
+// half i / 4 of rows i % 4 and i % 4 + 4.
+inline void transpose_tile(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
 #endif
 
 template <typename S>
 void transpose_matrix(const S* src, int64_t ld_src, S* dst, int64_t ld_dst, int64_t M,
                       int64_t N) {
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
   if constexpr (std::is_same_v<S, float>) {
-    for (int64_t i = 0; i < M; i += 16) {
-      for (int64_t j = 0; j < N; j += 16) {
-        const int64_t m = std::min<int64_t>(16, M - i), n = std::min<int64_t>(16, N - j);
+    for (int64_t i = 0; i < M; i += kTile) {
+      for (int64_t j = 0; j < N; j += kTile) {
+        const int64_t m = std::min(kTile, M - i), n = std::min(kTile, N - j);
         const float* s = src + i * ld_src + j;
         float* d = dst + j * ld_dst + i;
-        if (m == 16 && n == 16) {
-          transpose_16x16(s, ld_src, d, ld_dst);
+        if (m == kTile && n == kTile) {
+          transpose_tile(s, ld_src, d, ld_dst);
         } else {
           at::vec::transpose_mxn<float>(s, ld_src, d, ld_dst, static_cast<int>(m),
                                         static_cast<int>(n));
