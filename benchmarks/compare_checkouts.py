@@ -71,8 +71,8 @@ def parse_shape(text: str) -> tuple:
     words = text.split()
     if len(words) not in (5, 6) or [w[0] for w in words[1:4]] != ["B", "H", "T"] \
             or words[4] not in ("inference", "training"):
-        raise SystemExit(f"expected 'CLASS B<n> H<n> T<n> inference|training "
-                                         f"[dtype]', got {text!r}")
+        raise SystemExit(f"expected 'CLASS B<n> H<n> T<n> inference|training [dtype]', "
+                         f"got {text!r}")
     batch, hidden, steps = (int(w[1:]) for w in words[1:4])
     return (words[0], batch, hidden, steps, words[4] == "training",
             words[5] if len(words) == 6 else "float32")
@@ -80,8 +80,8 @@ def parse_shape(text: str) -> tuple:
 
 def run(checkout: str, workload, threads: int) -> float:
     env = dict(os.environ, PYTHONPATH=checkout, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(workload), str(threads)], env=env,
-                         cwd=checkout, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(workload), str(threads)],
+                         env=env, cwd=checkout, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

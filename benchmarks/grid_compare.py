@@ -11,8 +11,9 @@ lowest ratios. Markdown, for docs/benchmarks.md.
 
 BEFORE may also be a Markdown file holding a table this script wrote: the
 "after" column (or a one-run table's speedups) of the table under the heading
---section (e.g. "## 1 thread" of docs/benchmarks-intel.md) is then the before run, so a grid recorded in the docs
-can be compared with a new one without its results.json.
+--section (e.g. "## 1 thread" of docs/benchmarks-intel.md) is then the before
+run, so a grid recorded in the docs can be compared with a new one without its
+results.json.
 """
 from __future__ import annotations
 

@@ -1036,7 +1036,6 @@ def run_gate_probe(tmp_path, values):
     """tests/gates_probe.cpp built here and run on `values` (n, 8): its rows,
     double then float for each record. Skips without a C++ compiler."""
     import shutil
-    import subprocess
     from pathlib import Path
 
     compiler = shutil.which("g++") or shutil.which("c++")

@@ -123,6 +123,10 @@ void report(const Key& key, double first, double second) {
                l.second, second * 1e6);
 }
 
+// The cached times for `key`, measured by time_both(repeats) -> Times for
+// `repeats` runs of each the first time: one warm-up, then the best of
+// `rounds` rounds. Small products repeat until a round takes ~round_seconds,
+// so that timer resolution and one-off noise do not decide.
 template <typename Measure>
 Times cached_times(const Key& key, const Measure& time_both, double round_seconds = 2e-4,
                    int rounds = 2) {

@@ -218,8 +218,8 @@ void pack_rhs(const S* src, int64_t K, int64_t n, bool transpose, S* dst) {
       const int64_t width = std::min(VL, n - j0);
       S* panel = dst + j0 * K;  // panel j0 / VL starts at (j0 / VL) * K * VL
       if (transpose) {
-        // 16 x 16 tiles transposed in registers (transpose.h); a scalar
-        // gather was 10-15 % of a B=1 forward.
+        // Whole float tiles transposed in registers (transpose.h); a
+        // scalar gather was 10-15 % of a B=1 forward.
         transpose_matrix<S>(src + j0 * K, K, panel, VL, width, K);
       } else {
         for (int64_t k = 0; k < K; ++k)

@@ -29,7 +29,7 @@ void pack_transposed_bf16(const uint16_t* w, int64_t K, int64_t n, uint16_t* dst
   for (int64_t j0 = 0; j0 < n; j0 += 16) {
     const int64_t width = std::min<int64_t>(16, n - j0);
     transpose_matrix<float>(reinterpret_cast<const float*>(w + j0 * K), pairs,
-                     reinterpret_cast<float*>(dst + j0 * K), 16, width, pairs);
+                            reinterpret_cast<float*>(dst + j0 * K), 16, width, pairs);
   }
 }
 
