@@ -71,6 +71,37 @@ def test_declining_backend_falls_through(monkeypatch):
     assert backends.why_not("declines-gru", LayerSpec("GRU", 3, 4), x) == "no GRU here"
 
 
+class _Switchable(Backend):
+    """Serves a call only while `on`: its answer changes within a process."""
+
+    name = "switchable"
+    on = True
+
+    def supports(self, spec, x):
+        return None if self.on else "switched off"
+
+    def layer(self, spec, x, batch_sizes, h0, c0, weights, reverse):
+        return backends.get("reference").layer(spec, x, batch_sizes, h0, c0, weights, reverse)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_select_keeps_only_static_answers(monkeypatch, static):
+    """select() remembers a CPU answer only where each backend it asked declared
+    that its answer depends on the spec, device type and dtype alone."""
+    switch = _Switchable()
+    switch.static_choice = static
+    monkeypatch.setitem(backends._BACKENDS, "switchable", switch)
+    monkeypatch.setattr(backends, "_CPU_CHOICES", {})
+    spec, x = LayerSpec("GRU", 3, 4), torch.randn(2, 3)
+    with fastrnn.use_backend("switchable"):
+        assert backends.select(spec, x) is switch
+        switch.on = False
+        # Remembered (static) or asked again, which now falls through to the chain.
+        assert (backends.select(spec, x) is switch) == static
+    # Another request is another key: auto does not reuse the named answer.
+    assert backends.select(spec, x).name != "switchable"
+
+
 MODES = [("LSTM", dict(proj_size=2)), ("LSTM", {}), ("GRU", {}), ("RNN", dict(nonlinearity="relu")), ("RNN", {})]
 
 

@@ -216,6 +216,26 @@ def test_projection_forms_and_single_step(mode, proj, form, reverse, bias):
     assert_matches_oracle(case, reverse, threads)
 
 
+@pytest.mark.parametrize("pin", ["own", "blas"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("mode,proj", CONFIGS)
+def test_float32_single_step_products(mode, proj, batch, threads, pin, monkeypatch):
+    """A float32 single step with large weights (a cell; blas_single_step in
+    layer_ops.cpp) runs its forward products x @ W_ih^T + b_ih and
+    h @ W_hh^T + b_hh on rows_times_wt_f32 (gemv_bf16.h; own pins it where the
+    build has AVX-512, prefer_rows_f32_single_step) or on ATen's addmm
+    (blas): K = 37 (two 16-lane chunks and a masked tail of 5) and 257 or 3
+    (a tail of 1; the projection's P = 3 below one chunk), gate columns 1028
+    / 771 / 257 (blocks of 4 weight rows, then 0, 3 or 1 left), rows 1 and 5
+    (blocks of 4, then 1), the columns shared by 2 threads; outputs and
+    gradients against the float64 oracle."""
+    monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
+    case = make_case(mode, proj, sizes=[batch], hidden=257, input_size=37, dtype=torch.float32,
+                     scale=0.4 * (37 / 257) ** 0.5)
+    assert_matches_oracle(case, False, threads, torch.float32)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("hidden", [70, 130])
 @pytest.mark.parametrize("mode,proj", [("LSTM", 0), ("LSTM", 5), ("GRU", 0)])

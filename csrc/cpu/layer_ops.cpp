@@ -604,6 +604,10 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
   const bool fp32_input = !bf16_products || (!per_step && !step_aten);
   const auto [single_bf16, single_gemv] = single_bf16_products(L, x, single);
   const bool widen = !single_bf16 && !single_gemv;
+  // A float32 single step's products on rows_times_wt_f32 where measured faster
+  // than addmm (prefer_rows_f32_single_step).
+  const bool single_rows = single && x.scalar_type() == at::kFloat &&
+                           prefer_rows_f32_single_step(L.B, L.I, L.P, GH);
   const Tensor xc = fp32_input && widen ? in_compute(x, ct) : Tensor();
   const Tensor wih = fp32_input && widen ? in_compute(w_ih, ct) : Tensor();
   const Tensor whh = bf16_products || !widen || stored_bf16 ? Tensor() : in_compute(w_hh, ct);
@@ -611,11 +615,19 @@ Forward own_layer_fwd(const Layer& L, const Tensor& x, const Tensor& batch_sizes
 
   // A single step with large weights (blas_single_step) packs nothing:
   // gx = x @ W_ih^T + b_ih and gh0 = h0 @ W_hh^T + b_hh are one BLAS call
-  // each, every bias with its own product (GRU's b_hn sits in gh0's n
-  // columns, inside the reset gate's product, as the loop expects). With
-  // bfloat16 operands (single_bf16_products) they come as fp32 sums from
-  // rows_times_wt_bf16 or rounded to bfloat16 from ATen's bf16 matmul.
+  // each, or one rows_times_wt_f32 (single_rows), every bias with its own
+  // product (GRU's b_hn sits in gh0's n columns, inside the reset gate's
+  // product, as the loop expects). With bfloat16 operands
+  // (single_bf16_products) they come as fp32 sums from rows_times_wt_bf16 or
+  // rounded to bfloat16 from ATen's bf16 matmul.
   auto product = [&](const Tensor& a, const Tensor& w, const OptTensor& b) {
+    if (single_rows) {
+      const Tensor out = at::empty({L.B, w.size(0)}, opts);
+      rows_times_wt_f32(L.B, a.data_ptr<float>(), a.size(1), w.data_ptr<float>(), w.size(0),
+                        w.size(1), L.bias ? b->data_ptr<float>() : nullptr,
+                        out.data_ptr<float>(), w.size(0));
+      return out;
+    }
     if (single_gemv) {
       const Tensor out = at::empty({L.B, w.size(0)}, opts);
       const Tensor bias = L.bias ? in_compute(*b, ct) : Tensor();
@@ -898,6 +910,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
   const std::vector<Range> hidden_side =
       L.mode == Mode::GRU ? std::vector<Range>{{0, 0, 2 * H}, {3 * H, 2 * H, H}}
                           : std::vector<Range>{{0, 0, GH}};
+  // dW_hh (GH, P) by ATen's matmul: each range's rows = g[:, range]^T @ hp,
+  // written in place (GRU's two ranges: no cat copying a 3H x P gradient,
+  // 12 MiB a step for a GRUCell at H = 1024).
+  auto hidden_weight_grad = [&](const Tensor& g, const std::vector<Range>& ranges,
+                                const Tensor& hp) {
+    if (ranges.size() == 1) return at::mm(g.narrow(1, ranges[0].dg_col, ranges[0].rows).t(), hp);
+    Tensor out = at::empty({GH, hp.size(1)}, hp.options());
+    for (const Range& r : ranges) {
+      Tensor rows = out.narrow(0, r.w_row, r.rows);
+      at::mm_out(rows, g.narrow(1, r.dg_col, r.rows).t(), hp);
+    }
+    return out;
+  };
   Tensor dx, dw_ih, dw_hh;
   if (!bf16_products && !single) {
     if (want_dx) dx = fresh({L.N, L.I}, opts);
@@ -1021,11 +1046,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     const std::vector<Range> h_ranges =
         one_hidden ? std::vector<Range>{{0, 0, GH}} : hidden_side;
     const Tensor& g_h = one_hidden ? dgh16 : g;
-    if (want_params) {
-      std::vector<Tensor> rows;
-      for (const Range& r : h_ranges) rows.push_back(at::mm(g_h.narrow(1, r.dg_col, r.rows).t(), hp));
-      dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
-    }
+    if (want_params) dw_hh = hidden_weight_grad(g_h, h_ranges, hp);
     // dh0's W_hh term; GRU's gate backward already wrote its direct term dh * z.
     const bool gru = L.mode == Mode::GRU;
     if (want_state && single_gemv) {
@@ -1052,10 +1073,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> layer
     if (want_params) {
       const Tensor hp16 = cached_empty(h_prev.sizes(), x.options()).copy_(h_prev);
       dw_ih = at::mm(dg16_x.t(), x);
-      std::vector<Tensor> rows;
-      for (const Range& r : hidden_side)
-        rows.push_back(at::mm(dg16.narrow(1, r.dg_col, r.rows).t(), hp16));
-      dw_hh = rows.size() == 1 ? rows[0] : at::cat(rows);
+      dw_hh = hidden_weight_grad(dg16, hidden_side, hp16);
     }
   }
 

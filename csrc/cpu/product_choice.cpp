@@ -60,26 +60,29 @@ using Key =
     std::tuple<int, int, int64_t, int64_t, int64_t, bool, bool, int, bool, int64_t, int64_t>;
 
 // The extra Product values in cached_times' key: a bfloat16 single step's
-// products, the layer sample of close plans (sample_prefers_second), the
-// bfloat16 backward's step, a bfloat16 layer's packing, the input
-// projection per step (a second product of the step) and the recurrent step.
-// Each has its own slot in a thread's last-times cache, so that a layer
-// called in a loop, which looks up several of them per call, takes no lock.
-// kProducts: Product's five, these eight and kAtenLstm's slot, unused:
-// kAtenLstm keys race_calls, which keeps its own races. kBf16RowsStep: a
-// bfloat16 layer's step product on the float32 loop (prefer_rows_bf16_step);
-// kSliceStep: the float32 step product of hidden slices (slice_step_times).
-constexpr int kSliceStep = -10, kBf16RowsStep = -9, kAtenLstm = -8, kBf16Gemv = -7,
-              kBf16Single = -6, kBf16BackStep = -5, kBlasSteps = -4, kBf16Packing = -3,
-              kInputStep = -2, kRecurrentStep = -1;
-constexpr size_t kProducts = 15;
+// products (kBf16Single, kBf16Gemv), the layer sample of close plans
+// (sample_prefers_second), the bfloat16 backward's step, a bfloat16 layer's
+// packing, the input projection per step (a second product of the step), the
+// recurrent step, a bfloat16 layer's step product on the float32 loop
+// (kBf16RowsStep: prefer_rows_bf16_step), the float32 step product of hidden
+// slices (kSliceStep: slice_step_times) and a float32 single step's products
+// (kF32Single: prefer_rows_f32_single_step). Each has its own slot in a
+// thread's last-times cache, so that a layer called in a loop, which looks up
+// several of them per call, takes no lock. kProducts: Product's five and
+// these eleven; kAtenLstm's slot is unused (it keys race_calls, which keeps
+// its own races).
+constexpr int kF32Single = -11, kSliceStep = -10, kBf16RowsStep = -9, kAtenLstm = -8,
+              kBf16Gemv = -7, kBf16Single = -6, kBf16BackStep = -5, kBlasSteps = -4,
+              kBf16Packing = -3, kInputStep = -2, kRecurrentStep = -1;
+constexpr size_t kProducts = 16;
 
 // What each key's product is and what its two times are, for
-// FASTRNN_CPU_VERBOSE; indexed from kSliceStep up, then Product's five.
+// FASTRNN_CPU_VERBOSE; indexed from kF32Single up, then Product's five.
 struct Label {
   const char *what, *first, *second;
 };
 constexpr std::array<Label, kProducts> kLabels{{
+    {"fp32 single step", "rows kernel", "ATen addmm"},
     {"hidden slices' step product", "blocks", "W_hh as stored"},
     {"bf16 step product on the fp32 loop", "bf16 rows", "fp32 product"},
     {"LSTM layer (race of calls)", "fastrnn loop", "ATen LSTM"},
@@ -112,7 +115,7 @@ bool verbose() {
 void report(const Key& key, double first, double second) {
   if (!verbose()) return;
   const auto [product, size, M, n, K, ta, tb, threads, nested, steps, P] = key;
-  const Label& l = kLabels[static_cast<size_t>(product - kSliceStep)];
+  const Label& l = kLabels[static_cast<size_t>(product - kF32Single)];
   std::fprintf(stderr,
                "fastrnn: %s, %d-byte, M %lld n %lld K %lld%s%s, T %lld, P %lld, %d thread%s%s: "
                "%s %.1f us, %s %.1f us\n",
@@ -133,7 +136,7 @@ Times cached_times(const Key& key, const Measure& time_both, double round_second
   // Each thread remembers the last times per product, so that a loop of
   // calls of one shape (a cell stepped by a decoder) takes no lock.
   thread_local std::array<std::pair<Key, Times>, kProducts> last{};
-  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kSliceStep)];
+  auto& mine = last[static_cast<size_t>(std::get<0>(key) - kF32Single)];
   if (mine.first == key) return mine.second;
   static std::mutex mutex;
   static std::map<Key, Times> measured;
@@ -460,6 +463,39 @@ bool prefer_gemv_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH, b
     // Against the way prefer_bf16_single_step chose, timed side by side.
     return Times{seconds_of(repeats, [&] { sample->rows_kernel(); }),
                  seconds_of(repeats, [&] { in_bf16 ? sample->in_bf16() : sample->widened(); }),
+                 0.0};
+  });
+  return !blas_wins(t.own, t.blas);
+}
+
+bool prefer_rows_f32_single_step(int64_t B, int64_t I, int64_t P, int64_t GH) {
+  if (!kBf16RowsKernels) return false;
+  bool aten;
+  if (products_pinned(&aten)) return !aten;
+  const Key key{kF32Single, 4, B, GH, I, false, false, at::get_num_threads(),
+                at::in_parallel_region(), 1, P};
+  struct Operands {
+    at::Tensor x, h, w_ih, w_hh, b;
+  };
+  std::optional<Operands> op;
+  const Times t = cached_times(key, [&](int64_t repeats) {
+    if (!op) {
+      const auto f32 = at::TensorOptions().dtype(at::kFloat);
+      op = Operands{at::full({B, I}, 0.5, f32), at::full({B, P}, 0.5, f32),
+                    at::full({GH, I}, 0.25, f32), at::full({GH, P}, 0.25, f32),
+                    at::full({GH}, 0.125, f32)};
+    }
+    const float* b = op->b.data_ptr<float>();
+    // Each as layer_fwd runs it: a fresh output per product.
+    auto rows = [&](const at::Tensor& a, const at::Tensor& w) {
+      const at::Tensor out = at::empty({B, GH}, a.options());
+      rows_times_wt_f32(B, a.data_ptr<float>(), a.size(1), w.data_ptr<float>(), GH, a.size(1), b,
+                        out.data_ptr<float>(), GH);
+    };
+    return Times{seconds_of(repeats, [&] { rows(op->x, op->w_ih), rows(op->h, op->w_hh); }),
+                 seconds_of(repeats, [&] {
+                   at::addmm(op->b, op->x, op->w_ih.t()), at::addmm(op->b, op->h, op->w_hh.t());
+                 }),
                  0.0};
   });
   return !blas_wins(t.own, t.blas);

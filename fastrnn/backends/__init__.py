@@ -31,15 +31,18 @@ _override: list[str] = []
 _wrappers: list[Callable[[Backend], Backend]] = []
 
 
-# select()'s answers for CPU tensors in auto mode, by (spec, dtype): the CPU
-# chain's backends decide from those alone. A cold x.device.type costs ~10 us
-# (a torch.device made per call), as much as a small layer's kernel.
-_CPU_AUTO: dict[tuple[LayerSpec, torch.dtype], Backend] = {}
+# select()'s answers for CPU tensors, by (requested backend, spec, dtype), kept
+# where every backend the chain asked decides from those alone
+# (Backend.static_choice): auto mode, or a named `cpu` or `reference`, as
+# benchmarks and tests name them. A cold x.device.type costs ~10 us (a
+# torch.device made per call), as much as a small layer's kernel; walking a
+# named chain warm ~1.5 us, a cell step's worth of Python.
+_CPU_CHOICES: dict[tuple[str, LayerSpec, torch.dtype], Backend] = {}
 
 
 def register(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
-    _CPU_AUTO.clear()
+    _CPU_CHOICES.clear()
     return backend
 
 
@@ -62,11 +65,22 @@ def available() -> list[str]:
     return [n for n, b in _BACKENDS.items() if b.available() is None]
 
 
+# os.environ.get costs ~0.7 us (it encodes the key each call), as much as the
+# rest of select(); os.environ's own dict of encoded names, which every change
+# made through os.environ updates, answers in ~0.05 us. Where that dict is
+# missing (not CPython's os._Environ), os.environ.get.
+_ENVIRON = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("FASTRNN_BACKEND") if _ENVIRON is not None else None
+
+
 def requested() -> str:
     """The backend the user asked for: context manager, then env var, then auto."""
     if _override:
         return _override[-1]
-    return os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
+    if _ENVIRON is None:
+        return os.environ.get("FASTRNN_BACKEND", "auto") or "auto"
+    raw = _ENVIRON.get(_ENV_KEY)
+    return "auto" if raw is None else (os.environ.decodevalue(raw) or "auto")
 
 
 @contextlib.contextmanager
@@ -81,8 +95,9 @@ def use_backend(name: str) -> Iterator[None]:
         _override.pop()
 
 
-def chain(device_type: str) -> tuple[str, ...]:
-    want = requested()
+def chain(device_type: str, want: Optional[str] = None) -> tuple[str, ...]:
+    """The backends tried for a device type, in order; `want` as requested()."""
+    want = requested() if want is None else want
     auto = AUTO_CHAIN.get(device_type, ("reference",))
     if want == "auto":
         return auto
@@ -93,21 +108,21 @@ def chain(device_type: str) -> tuple[str, ...]:
 def select(spec: LayerSpec, x: Tensor) -> Backend:
     """The first backend in the chain that accepts this call (handed to an active
     gate capture's wrapper, if any; one frame, as it runs every layer call)."""
-    cpu_auto = x.is_cpu and requested() == "auto"
-    if cpu_auto:
-        chosen = _CPU_AUTO.get((spec, x.dtype))
-        if chosen is not None:
-            return _wrappers[-1](chosen) if _wrappers else chosen
-    chosen = _BACKENDS["reference"]
-    for name in chain(x.device.type):
-        backend = _BACKENDS.get(name)
-        if backend is None or backend.available() is not None:
-            continue
-        if backend.supports(spec, x) is None:
-            chosen = backend
-            break
-    if cpu_auto:
-        _CPU_AUTO[(spec, x.dtype)] = chosen
+    want = requested()
+    key = (want, spec, x.dtype) if x.is_cpu else None
+    chosen = None if key is None else _CPU_CHOICES.get(key)
+    if chosen is None:
+        chosen, static = _BACKENDS["reference"], True
+        for name in chain(x.device.type, want):
+            backend = _BACKENDS.get(name)
+            if backend is None:
+                continue
+            static = static and backend.static_choice
+            if backend.available() is None and backend.supports(spec, x) is None:
+                chosen = backend
+                break
+        if key is not None and static:
+            _CPU_CHOICES[key] = chosen
     return _wrappers[-1](chosen) if _wrappers else chosen
 
 

@@ -82,6 +82,11 @@ class Backend:
     """Base class; subclasses set `name` and implement `supports` and `layer`."""
 
     name: str = "?"
+    # True when available() never changes in a process and supports() answers
+    # from the spec, x's device type and x's dtype alone, so that select() may
+    # keep its answer for CPU tensors; False where they read more (an
+    # environment variable, a package's state).
+    static_choice: bool = False
 
     def available(self) -> Optional[str]:
         """None when usable in this process, else why not (e.g. extension missing)."""

@@ -27,6 +27,7 @@ class NativeBackend(Backend):
 
     device_type: str = "?"
     dtypes: tuple[torch.dtype, ...] = ()
+    static_choice = True  # LOAD_ERROR is fixed at import; supports() reads device type and dtype
 
     def available(self) -> Optional[str]:
         return LOAD_ERROR

@@ -10,9 +10,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .. import backends
 from ..autocast import cell_dtype
 from ..backends.base import LayerSpec, LayerWeights
-from ..stack import current_weights, padded_batch_sizes, run_layer
+from ..stack import current_weights, padded_batch_sizes
 from .deploy import Deployable, recording
 
 _MODES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
@@ -30,48 +31,50 @@ class _FusedCell(Deployable):
     def forward(self, input: Tensor, hx=None):
         if recording():  # an artifact for runtimes without fastrnn: torch.nn's ops (deploy.py)
             return super().forward(input, hx)
+        # A cell is stepped once per token from Python, so what runs around the
+        # kernel is counted in microseconds: one pass of checks on shapes, the
+        # backend chosen by backends.select, and the op (backends' `layer`).
         mode = self._mode()
         lstm = mode == "LSTM"
-        name = type(self).__name__
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        is_batched = input.dim() == 2
+        rank = input.dim()
+        if rank != 2 and rank != 1:
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {rank}D instead")
+        is_batched = rank == 2
         states = None if hx is None else (tuple(hx) if lstm else (hx,))
         if states is not None:
             for idx, state in enumerate(states):
                 if state.dim() not in (1, 2):
                     what = f"hx[{idx}]" if lstm else "hidden"
-                    raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {state.dim()}D instead")
+                    raise ValueError(
+                        f"{type(self).__name__}: Expected {what} to be 1D or 2D, got {state.dim()}D instead")
             if lstm and not (is_batched and len(states) == 2 and isinstance(hx, tuple)):
-                _check_pair(hx, len(states), name, is_batched)  # raises, or unbatched: keeps two
+                _check_pair(hx, len(states), type(self).__name__, is_batched)  # raises, or keeps two
                 states = states[:2]
         x = input if is_batched else input.unsqueeze(0)
-        batch = x.size(0)
-        weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
+        params = self._parameters
+        try:  # straight from _parameters, as stack.current_weights explains
+            weights = LayerWeights(params["weight_ih"], params["weight_hh"], params["bias_ih"],
+                                   params["bias_hh"], None)
+        except KeyError:
+            weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
         # Under autocast, dtypes may differ: the op's autocast kernel casts them.
         # (The any-device test first: 0.16 us, against 0.66 for this device's.)
         autocast = torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type)
         if states is None:  # a state made here needs no checks
-            self._check(x, (), weights.w_ih, autocast)
+            batch = self._check(x, (), weights.w_ih, autocast)
             zeros = torch.zeros(batch, self.hidden_size, dtype=x.dtype, device=x.device)
             states = (zeros, zeros) if lstm else (zeros,)
         else:
             if not is_batched:
                 states = tuple(s.unsqueeze(0) for s in states)
-            self._check(x, states, weights.w_ih, autocast)
+            batch = self._check(x, states, weights.w_ih, autocast)
 
-        used: list[str] = []
-        _, h, c = run_layer(
-            LayerSpec(mode, self.input_size, self.hidden_size, 0, self.bias),
-            x.contiguous(),
-            padded_batch_sizes(1, batch),
-            states[0].contiguous(),
-            states[1].contiguous() if lstm else None,
-            weights,
-            False,
-            used,
-        )
-        self.__dict__["last_backend"] = used[0]  # as in rnn.py: no Module.__setattr__
+        spec = LayerSpec(mode, self.input_size, self.hidden_size, 0, self.bias)
+        backend = backends.select(spec, x)
+        _, h, c = backend.layer(spec, x.contiguous(), padded_batch_sizes(1, batch),
+                                states[0].contiguous(), states[1].contiguous() if lstm else None,
+                                weights, False)
+        self.__dict__["last_backend"] = backend.name  # as in rnn.py: no Module.__setattr__
         if autocast and (dtype := cell_dtype(x.device.type)) is not None:
             h, c = h.to(dtype), (c.to(dtype) if lstm else None)
         if not is_batched:
@@ -79,28 +82,33 @@ class _FusedCell(Deployable):
             c = c.squeeze(0) if lstm else None
         return (h, c) if lstm else h
 
-    def _check(self, x: Tensor, states: tuple[Tensor, ...], w_ih: Tensor, autocast: bool) -> None:
+    def _check(self, x: Tensor, states: tuple[Tensor, ...], w_ih: Tensor, autocast: bool) -> int:
         """The checks torch.nn's cells make in C++, with the same RuntimeError class
-        (dtypes only outside autocast, as torch.nn's)."""
-        if x.size(1) != self.input_size:
-            raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected {self.input_size}")
+        (dtypes only outside autocast, as torch.nn's); returns the batch size."""
+        batch, size = x.shape
+        if size != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {size} expected {self.input_size}")
         if x.dtype != w_ih.dtype and not autocast:
             raise RuntimeError(f"input dtype ({x.dtype}) does not match weight dtype ({w_ih.dtype})")
+        expected = (batch, self.hidden_size)
         for idx, state in enumerate(states):
-            if state.dim() != 2 or state.size(0) != x.size(0):
-                raise RuntimeError(
-                    f"Input batch size {x.size(0)} doesn't match hidden{idx} batch size {state.size(0)}"
-                    if state.dim() == 2
-                    else f"hidden{idx} must be 1-D for 1-D input, got {state.dim() - 1}-D"
-                )
-            if state.size(1) != self.hidden_size:
-                raise RuntimeError(
-                    f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {self.hidden_size}"
-                )
+            if state.shape != expected:
+                _raise_state_shape(idx, state, batch, self.hidden_size)
             if (state.dtype != x.dtype and not autocast) or state.device != x.device:
                 raise RuntimeError(
                     f"hidden{idx} is {state.dtype} on {state.device} but input is {x.dtype} on {x.device}"
                 )
+        return batch
+
+
+def _raise_state_shape(idx: int, state: Tensor, batch: int, hidden: int) -> None:
+    """torch.nn's message for state `idx` (2-D, or unbatched and unsqueezed) whose
+    shape is not (batch, hidden)."""
+    if state.dim() != 2:
+        raise RuntimeError(f"hidden{idx} must be 1-D for 1-D input, got {state.dim() - 1}-D")
+    if state.size(0) != batch:
+        raise RuntimeError(f"Input batch size {batch} doesn't match hidden{idx} batch size {state.size(0)}")
+    raise RuntimeError(f"hidden{idx} has inconsistent hidden_size: got {state.size(1)}, expected {hidden}")
 
 
 def _check_pair(hx, count: int, name: str, is_batched: bool) -> None:

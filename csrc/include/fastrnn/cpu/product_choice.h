@@ -124,6 +124,17 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
 // FASTRNN_CPU_PRODUCTS pins it (blas: bfloat16).
 bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH);
 
+// Whether a float32 single step (a cell, or T = 1) whose products run as
+// one call each rather than on packed weights (blas_single_step in
+// layer_ops.cpp) runs x @ W_ih^T + b_ih and h @ W_hh^T + b_hh (x (B, I),
+// h (B, P), W_ih (GH, I), W_hh (GH, P)) faster on rows_times_wt_f32
+// (gemv_bf16.h: W read as stored, nothing packed, no ATen call) than on
+// ATen's addmm, timed once per shape and thread count. A cell stepped from
+// Python pays each addmm's dispatch and output allocation every token:
+// ~3 us of an RNNCell's ~14 us step at B = 1, H = 128 on a Zen 4 core.
+// Only with kBf16RowsKernels. FASTRNN_CPU_PRODUCTS pins it (own: yes).
+bool prefer_rows_f32_single_step(int64_t B, int64_t I, int64_t P, int64_t GH);
+
 // Whether that step's forward products run faster on fastrnn's own
 // rows_times_wt_bf16 (gemv_bf16.h: W read as stored, nothing packed or
 // reordered) than the way prefer_bf16_single_step chose (`in_bf16`), timed
