@@ -12,7 +12,8 @@ different torch):  pip install --no-build-isolation -e .
   taken from the toolkit, and else from the nvidia-* wheels a pip-installed CUDA
   torch brings (site-packages/nvidia/cu13/include): a machine with only nvcc
   and a CUDA torch from the registry builds as it is.
-- FASTRNN_NATIVE=0 drops -march=native (for wheels meant for other CPUs).
+- FASTRNN_NATIVE=0 drops -march=native (for wheels meant for other CPUs) and
+  compiles without fused multiply-add contraction (extension(), below).
 """
 import glob
 import os
@@ -64,6 +65,12 @@ def extension():
     if os.environ.get("FASTRNN_NATIVE", "1") != "0":
         cxx.append("-march=native")
         cxx += simd_flags()
+    else:
+        # Without CPU_CAPABILITY_*, at::vec's fmadd is a plain a * b + c that
+        # GCC fuses in some block shapes and not in others when CFLAGS name an
+        # FMA target (-march=x86-64-v3 wheels): results then depend on how
+        # threads split the rows, by an ulp. Unfused, they do not.
+        cxx.append("-ffp-contract=off")
     srcs = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     if not with_cuda:
