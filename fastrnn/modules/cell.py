@@ -51,12 +51,7 @@ class _FusedCell(Deployable):
                 _check_pair(hx, len(states), type(self).__name__, is_batched)  # raises, or keeps two
                 states = states[:2]
         x = input if is_batched else input.unsqueeze(0)
-        params = self._parameters
-        try:  # straight from _parameters, as stack.current_weights explains
-            weights = LayerWeights(params["weight_ih"], params["weight_hh"], params["bias_ih"],
-                                   params["bias_hh"], None)
-        except KeyError:
-            weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
+        weights = LayerWeights(*current_weights(self, _WEIGHT_NAMES), None)
         # Under autocast, dtypes may differ: the op's autocast kernel casts them.
         # (The any-device test first: 0.16 us, against 0.66 for this device's.)
         autocast = torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type)
