@@ -111,7 +111,8 @@ void block(const TA* A, int64_t lda, const TW* W, int64_t j0, int64_t K,
   }
   // Unrolled by request: GCC 12 at -O3 leaves this loop rolled, so acc[r]
   // needs an address, and the loop above then stores all accumulators to the
-  // stack on every k (16 stores per 16 FMAs, half the kernel's time).
+  // stack on every k (16 stores per 16 FMAs, half the kernel's time;
+  // tests/test_codegen.py).
 #pragma GCC unroll 4
   for (int r = 0; r < A_ROWS; ++r) {
     float* c = C + r * ldc + j0;
@@ -185,9 +186,10 @@ template <int R, int V>
 void column_block(const float* A, int64_t lda, const uint16_t* W, int64_t G, int64_t n,
                   int64_t i0, float* C, int64_t ldc, bool accumulate) {
   __mmask16 mask[V];
-#pragma GCC unroll 4
   for (int v = 0; v < V; ++v) mask[v] = first_lanes(std::max<int64_t>(n - i0 - 16 * v, 0));
   __m512 acc[R][V];
+  // The loops over acc before and after the sum unrolled by request, as in
+  // block(): left rolled, they make acc spill on every g.
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
@@ -202,7 +204,7 @@ void column_block(const float* A, int64_t lda, const uint16_t* W, int64_t G, int
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(a, w[v], acc[r][v]);
     }
   }
-#pragma GCC unroll 4  // as in block(): a rolled loop here spills acc on every g
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(C + r * ldc + i0 + 16 * v, mask[v], acc[r][v]);

@@ -68,10 +68,10 @@ void block(int64_t K, const S* A, int64_t lda, const S* Bp, int64_t panel_stride
       for (int v = 0; v < NB; ++v) acc[r][v] = at::vec::fmadd(a, b[v], acc[r][v]);
     }
   }
-  // Unrolled by request: where GCC 12 at -O3 left this loop rolled (R = 1,
-  // NB = 8), acc needed an address and the k loop stored it every step.
-#pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
+    // Unrolled by request: where GCC 12 at -O3 left this loop rolled (its
+    // break; R = 1, NB = 8), acc needed an address and the k loop stored it
+    // to the stack on every k (tests/test_codegen.py).
 #pragma GCC unroll 8
     for (int v = 0; v < NB; ++v) {
       const int64_t count = std::min<int64_t>(VL, n_valid - v * VL);
