@@ -11,7 +11,7 @@
 // CPU, as torch.nn under torch.autocast("cpu") (low = the autocast dtype):
 //   the kernels run in bfloat16 under bfloat16 autocast, except a single step
 //   (a cell): the CPU kernels compute a bf16 step in fp32 anyway (bf16
-//   products need T > 1, layer_ops.cpp: bf16_operands), so casting its input,
+//   products need T > 1, layer_args.h: bf16_operands), so casting its input,
 //   states and weights to bf16 would only cost time (~15 us a LSTMCell step)
 //   and precision. Under float16 autocast, fp32 too (the CPU kernels have no
 //   fp16 arithmetic). The results are then rounded to the dtypes below.

@@ -163,7 +163,7 @@ def test_two_threads_split_hidden(mode, sizes, hidden, reverse, monkeypatch):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 def test_steps_on_stored_w_hh(mode, sizes, hidden, threads, reverse, dtype, monkeypatch):
     """The float32 loop's step product reading W_hh as stored, nothing packed
-    (rows_step: rows_times_wt_f32; layer_ops.cpp, plan_forward), pinned by
+    (rows_step: rows_times_wt_f32; layer_fwd.cpp, plan_forward), pinned by
     FASTRNN_CPU_PRODUCTS=stored: hidden slices (each gate's rows of a slice)
     and batch tiles (every column; H = 21, a masked tail of 5 after 16), rows
     joining and leaving mid-loop, both directions, outputs and gradients
@@ -190,12 +190,12 @@ def test_many_rows_wide_weights(mode, reverse):
 
 
 # The loop's two forms of the input projection and the single-step path
-# (steps.h, project_per_step; layer_ops.cpp): >= 8 rows per thread with T > 1
+# (steps.h, project_per_step; layer_fwd.cpp): >= 8 rows per thread with T > 1
 # project each step inside the loop (with 2 threads: batch tiles of 8, or at
 # H = 256 every thread's slice of the hidden units); fewer rows use the
 # hoisted GEMM; T = 1 with weights over 16K elements (64K in backward; H = 256
 # here) runs its products by BLAS without packing, small ones (H = 21) the
-# path of every other length (layer_ops.cpp, blas_single_step).
+# path of every other length (layer_args.h, blas_single_step).
 # Packed sizes let the live rows drop below 8 mid-loop.
 FORM_CASES = {  # id: (batch_sizes, threads, hidden)
     "per_step": ([9, 9, 8, 8, 3], 1, 21),
@@ -222,7 +222,7 @@ def test_projection_forms_and_single_step(mode, proj, form, reverse, bias):
 @pytest.mark.parametrize("mode,proj", CONFIGS)
 def test_float32_single_step_products(mode, proj, batch, threads, pin, monkeypatch):
     """A float32 single step with large weights (a cell; blas_single_step in
-    layer_ops.cpp) runs its forward products x @ W_ih^T + b_ih and
+    layer_fwd.cpp) runs its forward products x @ W_ih^T + b_ih and
     h @ W_hh^T + b_hh on rows_times_wt_f32 (gemv_bf16.h; own pins it where the
     build has AVX-512, prefer_rows_f32_single_step) or on ATen's addmm
     (blas): K = 37 (two 16-lane chunks and a masked tail of 5) and 257 or 3
@@ -269,7 +269,7 @@ def test_large_products(mode, proj, hidden, threads, monkeypatch):
 @pytest.mark.parametrize("mode,proj", CONFIGS)
 def test_backward_in_step_ranges(mode, proj, reverse, threads, monkeypatch):
     """The backward loop in ranges of steps, each range's products right after
-    it (layer_ops.cpp, step_ranges): ranges of >= 7 rows cut a packed batch
+    it (layer_bwd.cpp, step_ranges): ranges of >= 7 rows cut a packed batch
     (9..1 rows a step) at uneven steps, both directions, 1 and 2 threads (at
     H = 256 the 2 threads split the hidden units), against the oracle; and
     bitwise equal to one range in float32 but for dW (summed by range), with
@@ -374,7 +374,7 @@ def test_rows_packed_into_panels(mode, batch, dtype, threads, monkeypatch):
 
 
 def test_long_sequence_buffers():
-    """A workspace of >= 32 MiB (layer_ops.cpp, fresh: hinted to huge pages
+    """A workspace of >= 32 MiB (layer_args.cpp, fresh: hinted to huge pages
     before first touch) holds the same numbers, and the backward runs in
     several ranges of steps: an LSTM over 8320 tokens against torch.nn,
     outputs, states and gradients."""
@@ -439,7 +439,7 @@ def test_bfloat16_products(mode, form, reverse, pin, monkeypatch):
     bf16-rounded inputs, within the bfloat16 tolerance of this file, with the
     step products on the bf16 blocks (own), on ATen's bfloat16 matmul
     (blas: also the hoisted input projection; product_choice.h) or raced
-    between the two (auto: plan_bf16_forward in layer_ops.cpp). (No
+    between the two (auto: plan_bf16_forward in layer_fwd.cpp). (No
     RNN_RELU: where a pre-activation sits at relu's kink, the kernel's
     bf16-rounded h and the oracle's fp32 h pick different sides, and that
     token's gradient differs by design; RNN_TANH runs the same products.)"""
@@ -468,7 +468,7 @@ def bf16_case(mode, form):
 @pytest.mark.parametrize("mode,proj", [c for c in CONFIGS if c[0] != "RNN_RELU"])
 def test_bfloat16_single_step(mode, proj, bias, pin, monkeypatch):
     """A single bfloat16 step with large weights (a cell; blas_single_step in
-    layer_ops.cpp, H = 256) multiplies in bfloat16 by ATen's matmul (blas),
+    layer_args.h, H = 256) multiplies in bfloat16 by ATen's matmul (blas),
     forward and backward, as torch.nn's cells do, or with the weights widened
     to fp32 (own), as measured faster (prefer_bf16_single_step): outputs and
     gradients against the oracle on the same bf16-rounded inputs, within this
@@ -573,7 +573,7 @@ def test_bfloat16_projection_in_chunks(mode, reverse, monkeypatch):
 def test_bfloat16_backward_in_step_ranges(mode, reverse, monkeypatch):
     """A bfloat16 layer's backward loop runs in ranges of steps too, summing
     each range's dG columns while its rows are in cache, into buffers of every
-    row that the bf16 products read after the loop (layer_ops.cpp): against
+    row that the bf16 products read after the loop (layer_bwd.cpp): against
     the oracle, and bitwise equal to one range but for the bias gradients
     (their sums grouped by range)."""
     monkeypatch.setenv("FASTRNN_CPU_RANGE_ROWS", "7")

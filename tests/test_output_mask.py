@@ -20,7 +20,7 @@ from test_cpu_kernels import CONFIGS, PACKED, bi_op_args, make_case
 MASKS = list(itertools.product([True, False], repeat=3))
 FULL = [True, True, True]
 # (sizes, input_size, hidden): many steps; a single step with large weights,
-# whose products are one ATen matmul each (blas_single_step in layer_ops.cpp);
+# whose products are one ATen matmul each (blas_single_step in layer_args.h);
 # a single step with small weights, through the loop (whose first step then
 # skips dh0's product).
 SHAPES = {"steps": (PACKED, 7, 5), "single": ([6], 40, 64), "small_single": ([6], 7, 5)}

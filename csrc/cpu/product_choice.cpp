@@ -516,7 +516,7 @@ bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t
       key, B, grain, n, K, uint16_t{0x3f00}, /*gate_pass=*/true, pack,  // dG = 0.5
       [&](bool on_aten, int64_t rows, const uint16_t* g, float* out) {
         // ATen's candidate as the backward runs it (aten_bf16_backward_step in
-        // layer_ops.cpp): the ukernel where it runs, packed in the untimed
+        // step_products.h): the ukernel where it runs, packed in the untimed
         // warm-up (a call packs it once: W_hh 1024 x 1024 in 0.2 ms on an
         // Emerald Rapids core, against 64 steps' products of ~40 us at 8 rows).
         if (on_aten && ukernel_bf16_available()) {

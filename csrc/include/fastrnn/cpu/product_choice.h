@@ -69,7 +69,7 @@ Times product_times(Product product, int64_t M, int64_t n, int64_t K, bool a_tra
 // parts do (steps.h, for_each_part), each product followed by a sweep over
 // the buffers the loop's gate pass touches (unless !gate_pass: a second
 // product of the same step); the blocks on a W packed beforehand, with the
-// packing as own_setup. Cached per shape and thread count. layer_ops.cpp
+// packing as own_setup. Cached per shape and thread count. layer_fwd.cpp
 // (plan_forward) weighs them for a layer's T steps.
 template <typename S>
 Times step_times(int64_t B, int64_t grain, int64_t n, int64_t K, bool gate_pass);
@@ -113,7 +113,7 @@ void aten_bf16_product_nn(int64_t rows, int64_t n, int64_t K, const uint16_t* g,
 bool prefer_aten_bf16_backward_step(int64_t B, int64_t grain, int64_t n, int64_t K,
                                     int64_t steps);
 
-// Whether a bfloat16 single step (a cell; blas_single_step in layer_ops.cpp)
+// Whether a bfloat16 single step (a cell; blas_single_step in layer_args.h)
 // of B rows runs its products x @ W_ih^T (W_ih (GH, I)) and h @ W_hh^T (W_hh
 // (GH, P)) faster by ATen's bfloat16 matmul than with both weights widened
 // to fp32 and multiplied by MKL, both as layer_fwd runs them, timed once per
@@ -126,7 +126,7 @@ bool prefer_bf16_single_step(int64_t B, int64_t I, int64_t P, int64_t GH);
 
 // Whether a float32 single step (a cell, or T = 1) whose products run as
 // one call each rather than on packed weights (blas_single_step in
-// layer_ops.cpp) runs x @ W_ih^T + b_ih and h @ W_hh^T + b_hh (x (B, I),
+// layer_args.h) runs x @ W_ih^T + b_ih and h @ W_hh^T + b_hh (x (B, I),
 // h (B, P), W_ih (GH, I), W_hh (GH, P)) faster on rows_times_wt_f32
 // (gemv_bf16.h: W read as stored, nothing packed, no ATen call) than on
 // ATen's addmm, timed once per shape and thread count. A cell stepped from
@@ -157,14 +157,14 @@ bool prefer_rows_bf16_step(int64_t B, int64_t grain, int64_t GH, int64_t P);
 // `own` to pack W_hh (n, P) and, where it projects per step, W_ih (n, I) for
 // small_gemm_bf16 (pack_transposed_bf16, small_gemm_bf16.h); `blas` to pack
 // W_hh^T and W_ih^T for ATen's ukernel (pack_ukernel_bf16, ukernel_bf16.h;
-// 0 where it does not run). One-off costs that raced_plan (layer_ops.cpp)
+// 0 where it does not run). One-off costs that raced_plan (layer_fwd.cpp)
 // does not scale with the call's length. Measured once per shape and thread
 // count.
 Times bf16_packing_seconds(int64_t n, int64_t P, int64_t I, bool per_step);
 
 // Whether second() runs a layer call faster than first(), from their times
 // on a sample of it (the layer's first steps; plan_forward's close plans in
-// layer_ops.cpp: BLAS steps against the blocks): both run the sample
+// layer_fwd.cpp: BLAS steps against the blocks): both run the sample
 // alternated, each timed by its fastest run over three rounds of >= 5 ms,
 // the first time this element size, first batch size B, input I, gate
 // columns GH, output size P (the step product's K), sample `steps`,
@@ -178,7 +178,7 @@ bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, i
                            double second_setup, double scale,
                            c10::function_ref<void()> first, c10::function_ref<void()> second);
 
-// Runs one layer call on first() or on second() (layer_ops.cpp: fastrnn's
+// Runs one layer call on first() or on second() (layer_fwd.cpp: fastrnn's
 // loop or ATen's LSTM), learning which is faster from the calls of this shape
 // themselves (element size, B, I, GH, T rounded up to a power of two,
 // direction, bias, thread count): the first calls alternate, the first of

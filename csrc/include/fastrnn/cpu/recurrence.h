@@ -1,7 +1,7 @@
 // The time loops of one recurrent layer in one direction on the CPU.
 //
 // Framework-free core: raw row-major contiguous arrays, no tensors. The caller
-// (csrc/cpu/layer_ops.cpp) does the one-off large GEMMs around the loops (the
+// (csrc/cpu/layer_fwd.cpp, layer_bwd.cpp) does the one-off large GEMMs around the loops (the
 // input projection before, the weight gradients after) and owns all buffers.
 //
 // Notation: G = gates(mode), H = hidden size, P = output size (proj_size or H),
@@ -126,7 +126,7 @@ struct BackwardArgs {
   const S* ws;      // (N, workspace::columns(mode, H)) from forward_loop
   Packed<S> whh;    // W_hh (G*H, P): pack_rhs(w_hh, G*H, P, /*transpose=*/false), or
                     // data = null for a single step whose products are BLAS calls
-                    // (layer_ops.cpp, blas_single_step): the loop then leaves dh0's
+                    // (layer_args.h, blas_single_step): the loop then leaves dh0's
                     // GEMM term to the caller (dh += dG_hidden @ W_hh; the GRU loop
                     // writes its direct term dh * z into dh first, the others leave
                     // dh undefined)
@@ -152,7 +152,7 @@ struct BackwardArgs {
   // The steps run: s_begin <= s < s_end in processing order (walked from
   // s_end - 1 down; all of them: 0 and T), whose packed rows start at row0.
   // Calls over consecutive ranges from the end carry dh and dc between them,
-  // so the caller can consume dg range by range (layer_ops.cpp).
+  // so the caller can consume dg range by range (layer_bwd.cpp).
   int64_t s_begin, s_end, row0;
   // When fn_bf16 is set, a bf16 step product of a part that computes every
   // column (batch tiles, not hidden slices) runs through it instead of

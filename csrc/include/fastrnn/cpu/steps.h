@@ -102,7 +102,7 @@ inline int64_t loop_threads() {
 // once the packed weights leave the caches (> 4 MiB together) only >= 32 rows
 // keep that above memory speed (B = 8, H = 1024, 1 thread: 120 ms per step
 // vs 100 hoisted). Fewer than 8 rows run small_gemm at 40-65 GFLOP/s, so they
-// keep the hoisted product; so does a single step (see layer_ops.cpp).
+// keep the hoisted product; so does a single step (see layer_args.h, blas_single_step).
 inline bool project_per_step(const LayerDims& d, int64_t input_size, int64_t vector_width,
                              int64_t element_bytes) {
   const int64_t threads = loop_threads();
