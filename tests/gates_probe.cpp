@@ -1,5 +1,6 @@
 // Evaluates the scalar gate math of csrc/include/fastrnn/gates.h (the form the
-// CUDA kernels use) for tests/test_cpu_kernels.py::test_scalar_gate_math.
+// CUDA kernels use) for tests/test_cpu_op_contract.py::test_scalar_gate_math
+// and tests/test_nonfinite.py, which build and run it through tests/gates_probe.py.
 // stdin: n, then n records of 8 numbers v0..v7. stdout per record and type
 // (double, then float): one line of 19 numbers:
 //   LSTM  pre i,f,g,o = v0..v3, c_prev = v4, dh = v5, dc_next = v6:

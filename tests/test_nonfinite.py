@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fastrnn
-from test_cpu_kernels import gate_reference, run_gate_probe
+from gates_probe import gate_reference, run_gate_probe
 
 NAN, INF = math.nan, math.inf
 # (kind, class name, constructor kwargs); LSTM_PROJ exercises w_hr.

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastrnn
 from fastrnn.backends.base import MASK_ENTRY
 
-from test_cpu_kernels import CONFIGS, PACKED, bi_op_args, make_case
+from cpu_op_cases import CONFIGS, PACKED, bi_op_args, make_case
 
 MASKS = list(itertools.product([True, False], repeat=3))
 FULL = [True, True, True]
