@@ -11,7 +11,6 @@
 
 #include "fastrnn/cpu/product_choice.h"
 #include "fastrnn/cpu/steps.h"
-#include "fastrnn/kernels.h"
 
 namespace fastrnn::cpu {
 
