@@ -48,3 +48,14 @@ def use(backend):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def own_lstm_training(monkeypatch):
+    """The suite checks fastrnn's own kernels: an LSTM's training calls do not
+    race torch's oneDNN LSTM here (fastrnn/backends/onednn_training.py), whose
+    results are torch.nn's by construction. tests/test_cpu_onednn_training.py
+    tests that route and its race, and turns this off."""
+    from fastrnn.backends import onednn_training
+
+    monkeypatch.setattr(onednn_training, "_pinned", lambda: onednn_training.OWN)

@@ -13,10 +13,12 @@ median over rounds fixes; timed 50 at a time its spread stays within a few
 percent. Calls that take longer than that run once per sample.
 
 Each implementation is warmed up by WARMUP calls first, as many as fastrnn's
-CPU kernels take to choose between their own loop and ATen's LSTM from a new
-shape's first calls (race_calls in csrc/cpu/product_choice.cpp; cuDNN's
-benchmark mode tunes in its first calls the same way): the timed rounds measure
-what a model's later calls cost.
+CPU LSTM takes to choose between its own loop and ATen's (oneDNN) LSTM from a
+new shape's first calls, unless one leads clearly: a warm-up and three timed
+calls each, in inference (race_calls in csrc/cpu/product_choice.cpp) and in
+training (fastrnn/backends/onednn_training.py); cuDNN's benchmark mode tunes
+in its first calls the same way. The timed rounds measure what a model's later
+calls cost.
 
 Rounds continue until at least `min_rounds` are done and `budget_s` seconds of
 measured time are spent, or `max_rounds` are done. While some implementation's
@@ -39,7 +41,7 @@ from typing import Callable
 
 import torch
 
-WARMUP = 4
+WARMUP = 8
 MIN_ROUNDS = 3
 MAX_ROUNDS = 200
 BUDGET_S = 1.0
