@@ -84,7 +84,8 @@ def test_training_route_learnt_from_calls(monkeypatch, capfd):
     the loop and oneDNN (a warm-up each, then timed calls, forward and
     backward, until each has three lasting 2 ms in all), every later call
     runs the one that was faster, and FASTRNN_CPU_VERBOSE reports the
-    decision; either way the results match torch.nn."""
+    decision; either way the results match torch.nn. FASTRNN_CPU_PRODUCTS
+    still pins the route afterwards."""
     monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", "auto")
     monkeypatch.setenv("FASTRNN_CPU_VERBOSE", "1")
     ref, ours = pair(torch.float32, input_size=13, hidden=17)  # a shape no other test trains
@@ -105,6 +106,10 @@ def test_training_route_learnt_from_calls(monkeypatch, capfd):
     assert on_onednn[:racing] == [i % 2 == 1 for i in range(racing)]
     # Both layers (input sizes 13 and 17) raced and were reported.
     assert capfd.readouterr().err.count("LSTM layer training (race of calls)") == 2
+    # The pin still decides after the race, whichever route won.
+    for pin, onednn in (("blas", True), ("own", False)):
+        monkeypatch.setenv("FASTRNN_CPU_PRODUCTS", pin)
+        assert ran_onednn(lambda: train_step(ours, x, hx)) == onednn
 
 
 def test_training_race_without_backward(monkeypatch):

@@ -21,42 +21,47 @@ class CpuBackend(NativeBackend):
     dtypes = (torch.float32, torch.float64, torch.bfloat16)
 
     def layer(self, spec, x, batch_sizes, h0, c0, weights, reverse):
+        if spec.mode != "LSTM":
+            return _ops.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
+        steps = batch_sizes.shape[0]
+
         def own():
             return _ops.layer(spec, x, batch_sizes, h0, c0, weights, reverse)
-
-        if not self._may_race(spec, x, batch_sizes, h0, c0, weights):
-            return own()
-        steps = batch_sizes.shape[0]
 
         def onednn():
             results, node = onednn_training.onednn_direction(x, steps, h0, c0, weights, reverse)
             return results, [node]
 
-        key = onednn_training.race_key(x, h0, spec.hidden_size, steps,
-                                       "reverse" if reverse else "forward", spec.bias)
-        return onednn_training.race(key, own, onednn)
+        return _lstm(spec, x, batch_sizes, h0, (x, h0, c0, *weights),
+                     "reverse" if reverse else "forward", own, onednn)
 
     def bidirectional_layer(self, spec, x, batch_sizes, h0, c0, weights):
+        if spec.mode != "LSTM":
+            return _ops.bidirectional_layer(spec, x, batch_sizes, h0, c0, weights)
+        steps = batch_sizes.shape[0]
+
         def own():
             return _ops.bidirectional_layer(spec, x, batch_sizes, h0, c0, weights)
-
-        if not self._may_race(spec, x, batch_sizes, h0[0], c0[0], (*weights[0], *weights[1])):
-            return own()
-        steps = batch_sizes.shape[0]
 
         def onednn():
             runs = [onednn_training.onednn_direction(x, steps, h0[d], c0[d], weights[d], d == 1)
                     for d in (0, 1)]
             return tuple(r for r, _ in runs), [node for _, node in runs]
 
-        key = onednn_training.race_key(x, h0[0], spec.hidden_size, steps, "bidirectional",
-                                       spec.bias)
-        return onednn_training.race(key, own, onednn)
+        return _lstm(spec, x, batch_sizes, h0[0], (x, *h0, *c0, *weights[0], *weights[1]),
+                     "bidirectional", own, onednn)
 
-    @staticmethod
-    def _may_race(spec, x, batch_sizes, h0, c0, weights) -> bool:
-        save = spec.mode == "LSTM" and _ops._needs_saving((x, h0, c0, *weights))
-        return onednn_training.eligible(spec, x, batch_sizes, h0, save)
 
+def _lstm(spec, x, batch_sizes, h0, tensors, kind, own, onednn):
+    """own() (fastrnn's op), unless this LSTM call trains in eager mode (autograd
+    records `tensors`) where oneDNN could serve it: then the race's choice."""
+    # torch.compile traces the op: the race is for eager calls.
+    if torch.compiler.is_compiling() or not _ops._needs_saving(tensors):
+        return own()
+    key = onednn_training.race_key(x, h0, spec.hidden_size, batch_sizes.shape[0], kind,
+                                   spec.bias)
+    if onednn_training.loop_won(key) or not onednn_training.eligible(spec, x, batch_sizes, h0):
+        return own()
+    return onednn_training.race(key, own, onednn)
 
 register(CpuBackend())

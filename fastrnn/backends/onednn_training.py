@@ -99,10 +99,23 @@ class Race:
         clear = n >= CLEAR_TIMED and fast >= LONG_CALL and fast < 0.9 * slow
         if enough or clear or forwards >= MAX_TIMED:
             self.decided = ONEDNN if onednn < own else OWN
+            if self.decided == OWN:
+                _LOOP_WON.add(self.key)
             _report(self)
 
 
 _RACES: dict[tuple, Race] = {}
+# The shapes whose race the loop won: their calls skip the eligibility checks
+# (a call oneDNN could not serve runs the loop too). What remains (the shape's
+# key, the pin) costs ~2.6 us of Python a layer call, about 1% of a B = 1,
+# H = 64, T = 16 training step (~220 us).
+_LOOP_WON: set[tuple] = set()
+
+
+def loop_won(key: tuple) -> bool:
+    """Whether calls of this shape run the loop without further checks: its race
+    chose the loop and FASTRNN_CPU_PRODUCTS does not pin oneDNN."""
+    return key in _LOOP_WON and _pinned() != ONEDNN
 
 
 def _pinned() -> Optional[int]:
@@ -122,22 +135,33 @@ def _bf16_on_onednn() -> bool:
     return _BF16_ON_ONEDNN[0]
 
 
-def eligible(spec, x: Tensor, batch_sizes: Tensor, h0: Tensor, save: bool) -> bool:
-    """Whether this layer call may train on oneDNN: an LSTM without projection,
-    float32 (bfloat16 where oneDNN runs it), every step of B rows (packed
-    sequences of different lengths take ATen's per-step path, which the loop
-    beats), more than one step, in eager mode with autograd recording (`save`)."""
+# Bound once: each attribute walk (torch.compiler.is_compiling, ...) costs
+# ~0.1 us a call, and eligible() runs on every LSTM training call.
+_is_compiling = torch.compiler.is_compiling
+_is_tracing = torch.jit.is_tracing
+_autocast_on = torch.is_autocast_enabled
+_transforms_active = torch._C._are_functorch_transforms_active
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_mkldnn_enabled = torch._C._get_mkldnn_enabled
+_HAS_MKLDNN = bool(torch._C._has_mkldnn)
+_FLOAT32, _BFLOAT16 = torch.float32, torch.bfloat16
+
+
+def eligible(spec, x: Tensor, batch_sizes: Tensor, h0: Tensor) -> bool:
+    """Whether this training call (autograd recording: the caller checks) may
+    run on oneDNN: an LSTM without projection, float32 (bfloat16 where oneDNN
+    runs it), every step of B rows (packed sequences of different lengths take
+    ATen's per-step path, which the loop beats), more than one step, eager."""
     # torch.compile first: dynamo traces what follows it, and stops at torch._C's flags.
-    return (save and spec.mode == "LSTM" and spec.proj_size == 0
-            and not torch.compiler.is_compiling() and type(x) is Tensor
-            and batch_sizes.shape[0] > 1 and x.shape[0] == batch_sizes.shape[0] * h0.shape[0]
-            and x.shape[0] > 0 and x.shape[1] > 0
-            and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _bf16_on_onednn()))
-            and torch._C._has_mkldnn and torch._C._get_mkldnn_enabled()
-            and not torch._C._are_functorch_transforms_active()
-            and not torch.jit.is_tracing()
-            and torch._C._len_torch_dispatch_stack() == 0
-            and not torch.is_autocast_enabled("cpu"))
+    if not (spec.mode == "LSTM" and spec.proj_size == 0 and not _is_compiling()
+            and type(x) is Tensor and _HAS_MKLDNN):
+        return False
+    steps, rows = batch_sizes.shape[0], x.shape[0]
+    dtype = x.dtype
+    return (steps > 1 and rows == steps * h0.shape[0] and rows > 0 and x.shape[1] > 0
+            and (dtype == _FLOAT32 or (dtype == _BFLOAT16 and _bf16_on_onednn()))
+            and _mkldnn_enabled() and not _transforms_active() and not _is_tracing()
+            and _dispatch_modes() == 0 and not _autocast_on("cpu"))
 
 
 def onednn_direction(x: Tensor, steps: int, h0: Tensor, c0: Tensor, weights,
