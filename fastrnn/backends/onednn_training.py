@@ -42,9 +42,9 @@ _MODE_LSTM = 2  # mkldnn_rnn_layer's mode for LSTM (ATen's rnn mode enum)
 # training calls (forward and backward) lasting MIN_SECONDS in all, or
 # CLEAR_TIMED timed calls each of LONG_CALL seconds or more with a winner by
 # 10%, or MAX_TIMED forward calls each (a layer whose backward never runs is
-# decided on what was timed). race_calls' numbers, except that a long call
-# is timed twice, not once: at B = 64, H = 1024 single calls of either route
-# scattered by 15% on a 2-core VM (550-650 ms), and one such sample had
+# decided on what was timed). race_calls' rule (product_choice.cpp): a long
+# call is timed twice, as at B = 64, H = 1024 single training steps of either
+# route scattered by 15% on a 2-core VM (550-650 ms), and one such pair had
 # oneDNN 16% behind where the two ran equal (560 ms) afterwards. Every call
 # of a race is a real training step, so a longer race costs only the slower
 # route's excess on half its calls.

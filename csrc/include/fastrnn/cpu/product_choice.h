@@ -183,8 +183,8 @@ bool sample_prefers_second(int element_size, int64_t B, int64_t I, int64_t GH, i
 // themselves (element size, B, I, GH, T rounded up to a power of two,
 // direction, bias, thread count): the first calls alternate, the first of
 // each being a warm-up (one-off costs: calibrations, oneDNN generating its
-// kernels), until each has had three timed calls lasting 2 ms in all (a call
-// each, where calls take 20 ms and one wins by 10%; 64 each at most); the
+// kernels), until each has had three timed calls lasting 2 ms in all (two
+// calls each, where calls take 20 ms and one wins by 10%; 64 each at most); the
 // fastest timed call of each decides, and every later call runs the faster.
 // Real calls, not a sample, because what runs between them (other layers;
 // torch.nn, in a benchmark) decides how warm the caches are: a
