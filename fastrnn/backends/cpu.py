@@ -55,7 +55,8 @@ class CpuBackend(NativeBackend):
 def _lstm(spec, x, batch_sizes, h0, tensors, kind, own, onednn):
     """own() (fastrnn's op), unless this LSTM call trains in eager mode (autograd
     records `tensors`) where oneDNN could serve it: then the race's choice."""
-    # torch.compile traces the op: the race is for eager calls.
+    # torch.compile traces the op: the race is for eager calls. Asked first, as
+    # dynamo stops at the torch._C flags that eligible() reads.
     if torch.compiler.is_compiling() or not _ops._needs_saving(tensors):
         return own()
     key = onednn_training.race_key(x, h0, spec.hidden_size, batch_sizes.shape[0], kind,

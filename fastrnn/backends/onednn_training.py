@@ -27,6 +27,7 @@ FASTRNN_CPU_VERBOSE=1 prints each decision to stderr.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -99,45 +100,47 @@ class Race:
         clear = n >= CLEAR_TIMED and fast >= LONG_CALL and fast < 0.9 * slow
         if enough or clear or forwards >= MAX_TIMED:
             self.decided = ONEDNN if onednn < own else OWN
-            if self.decided == OWN:
-                _LOOP_WON.add(self.key)
             _report(self)
 
 
 _RACES: dict[tuple, Race] = {}
-# The shapes whose race the loop won: their calls skip the eligibility checks
-# (a call oneDNN could not serve runs the loop too). What remains (the shape's
-# key, the pin) costs ~2.6 us of Python a layer call, about 1% of a B = 1,
-# H = 64, T = 16 training step (~220 us).
-_LOOP_WON: set[tuple] = set()
 
 
 def loop_won(key: tuple) -> bool:
-    """Whether calls of this shape run the loop without further checks: its race
-    chose the loop and FASTRNN_CPU_PRODUCTS does not pin oneDNN."""
-    return key in _LOOP_WON and _pinned() != ONEDNN
+    """Whether calls of this shape run the loop without further checks (a call
+    oneDNN could not serve runs the loop too): its race chose the loop and
+    FASTRNN_CPU_PRODUCTS does not pin oneDNN. What such a call still pays
+    (the shape's key, the pin) is ~2.6 us of Python a layer call, about 1% of
+    a B = 1, H = 64, T = 16 training step (~220 us)."""
+    entry = _RACES.get(key)
+    return entry is not None and entry.decided == OWN and _pinned() != ONEDNN
+
+
+_PINS = {"": None, "auto": None, "own": OWN, "stored": OWN, "blas": ONEDNN}
 
 
 def _pinned() -> Optional[int]:
+    """FASTRNN_CPU_PRODUCTS's route, read each call and checked as the C++
+    side checks it (product_choice.cpp, pinned())."""
     pin = os.environ.get("FASTRNN_CPU_PRODUCTS", "")
-    return OWN if pin in ("own", "stored") else ONEDNN if pin == "blas" else None
+    if pin not in _PINS:
+        raise RuntimeError(
+            f"fastrnn: FASTRNN_CPU_PRODUCTS must be own, blas, stored or auto, got '{pin}'")
+    return _PINS[pin]
 
 
-_BF16_ON_ONEDNN: list[bool] = []
-
-
+@functools.cache
 def _bf16_on_onednn() -> bool:
     """Whether torch.nn runs a bfloat16 LSTM on oneDNN on this CPU (AVX-512 and
-    newer); elsewhere its per-step path, which fastrnn's loop beats."""
-    if not _BF16_ON_ONEDNN:
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        _BF16_ON_ONEDNN.append(bool(check()) if check is not None else False)
-    return _BF16_ON_ONEDNN[0]
+    newer); elsewhere its per-step path, which fastrnn's loop beats. The same
+    op layer_fwd.cpp's onednn_bf16() asks."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
 
 
-# Bound once: each attribute walk (torch.compiler.is_compiling, ...) costs
-# ~0.1 us a call, and eligible() runs on every LSTM training call.
-_is_compiling = torch.compiler.is_compiling
+# Bound once: each attribute walk (torch.jit.is_tracing, ...) costs ~0.1 us a
+# call, and eligible() runs on every LSTM training call of a shape not yet
+# decided for the loop.
 _is_tracing = torch.jit.is_tracing
 _autocast_on = torch.is_autocast_enabled
 _transforms_active = torch._C._are_functorch_transforms_active
@@ -148,13 +151,12 @@ _FLOAT32, _BFLOAT16 = torch.float32, torch.bfloat16
 
 
 def eligible(spec, x: Tensor, batch_sizes: Tensor, h0: Tensor) -> bool:
-    """Whether this training call (autograd recording: the caller checks) may
-    run on oneDNN: an LSTM without projection, float32 (bfloat16 where oneDNN
-    runs it), every step of B rows (packed sequences of different lengths take
-    ATen's per-step path, which the loop beats), more than one step, eager."""
-    # torch.compile first: dynamo traces what follows it, and stops at torch._C's flags.
-    if not (spec.mode == "LSTM" and spec.proj_size == 0 and not _is_compiling()
-            and type(x) is Tensor and _HAS_MKLDNN):
+    """Whether an LSTM training call outside torch.compile (the caller checks
+    those three) may run on oneDNN: no projection, float32 (bfloat16 where
+    oneDNN runs it), every step of B rows (packed sequences of different
+    lengths take ATen's per-step path, which the loop beats), more than one
+    step, no tracing, transform, dispatch mode or CPU autocast."""
+    if spec.proj_size != 0 or type(x) is not Tensor or not _HAS_MKLDNN:
         return False
     steps, rows = batch_sizes.shape[0], x.shape[0]
     dtype = x.dtype
