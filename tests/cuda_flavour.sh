@@ -63,7 +63,7 @@ EOF
 OMP_NUM_THREADS=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernel_signatures.py \
   tests/test_cuda_gpu.py tests/test_backends.py tests/test_bad_input.py tests/test_module_api.py \
   tests/test_cpu_kernels.py tests/test_cpu_bfloat16.py tests/test_cpu_aten_lstm.py \
-  tests/test_cpu_onednn_training.py \
+  tests/test_cpu_onednn_training.py tests/test_cpu_deterministic.py \
   tests/test_cpu_op_contract.py tests/test_autocast.py -k "not large"
 PYTHON=$PY bash benchmarks/gpu_check.sh --dry-run --out "$BUILD/gpu-check-out" > gpu-check.log 2>&1 \
   || { tail -40 gpu-check.log; exit 1; }

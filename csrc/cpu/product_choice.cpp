@@ -39,7 +39,13 @@ enum class Pin { Auto, Own, Blas, Stored };
 
 Pin pinned() {
   const char* env = std::getenv("FASTRNN_CPU_PRODUCTS");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return Pin::Auto;
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) {
+    // torch.use_deterministic_algorithms(True): nothing chosen by timing,
+    // whose outcome can differ between two runs of one seeded script where
+    // candidates time within noise (different kernels, different last bits);
+    // the blocks, as `own` pins them.
+    return at::globalContext().deterministicAlgorithms() ? Pin::Own : Pin::Auto;
+  }
   if (std::strcmp(env, "own") == 0) return Pin::Own;
   if (std::strcmp(env, "stored") == 0) return Pin::Stored;
   TORCH_CHECK(std::strcmp(env, "blas") == 0,

@@ -22,7 +22,8 @@ Only eager calls race. Under torch.compile, torch.export, torch.jit.trace,
 torch.func transforms, a dispatch mode (FakeTensor, make_fx) or CPU autocast
 the layer runs fastrnn's op as before, so the traced graph and the autocast
 dtypes do not depend on a race. FASTRNN_CPU_PRODUCTS pins the choice as it
-pins inference's: `own` (and `stored`) never run oneDNN, `blas` always does.
+pins inference's: `own` (and `stored`) never run oneDNN, `blas` always does;
+unset, torch.use_deterministic_algorithms(True) pins the loop.
 FASTRNN_CPU_VERBOSE=1 prints each decision to stderr.
 """
 from __future__ import annotations
@@ -121,12 +122,14 @@ _PINS = {"": None, "auto": None, "own": OWN, "stored": OWN, "blas": ONEDNN}
 
 def _pinned() -> Optional[int]:
     """FASTRNN_CPU_PRODUCTS's route, read each call and checked as the C++
-    side checks it (product_choice.cpp, pinned())."""
+    side checks it (product_choice.cpp, pinned()); unset, the loop under
+    torch.use_deterministic_algorithms(True), where no race may decide."""
     pin = os.environ.get("FASTRNN_CPU_PRODUCTS", "")
     if pin not in _PINS:
         raise RuntimeError(
             f"fastrnn: FASTRNN_CPU_PRODUCTS must be own, blas, stored or auto, got '{pin}'")
-    return _PINS[pin]
+    route = _PINS[pin]
+    return OWN if route is None and _deterministic() else route
 
 
 @functools.cache
@@ -142,6 +145,7 @@ def _bf16_on_onednn() -> bool:
 # call, and eligible() runs on every LSTM training call of a shape not yet
 # decided for the loop.
 _is_tracing = torch.jit.is_tracing
+_deterministic = torch.are_deterministic_algorithms_enabled
 _autocast_on = torch.is_autocast_enabled
 _transforms_active = torch._C._are_functorch_transforms_active
 _dispatch_modes = torch._C._len_torch_dispatch_stack

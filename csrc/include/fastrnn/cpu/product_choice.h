@@ -11,7 +11,9 @@
 // is seen in a process and keeps the faster; later calls look it up.
 //
 // FASTRNN_CPU_PRODUCTS = own | blas | auto (default) pins the choice, e.g. for
-// bitwise-reproducible runs across machines.
+// bitwise-reproducible runs across machines. Unset (or auto) under
+// torch.use_deterministic_algorithms(True), every choice is pinned as own
+// pins it: a seeded run then gives the same bits every time.
 #pragma once
 
 #include <c10/util/FunctionRef.h>
@@ -45,8 +47,9 @@ struct Times {
 // same from process to process).
 bool blas_wins(double own, double blas);
 
-// True when FASTRNN_CPU_PRODUCTS pins the choice, then *blas tells which
-// (stored pins the blocks here, as own does).
+// True when FASTRNN_CPU_PRODUCTS pins the choice, or deterministic algorithms
+// are on (the blocks), then *blas tells which (stored pins the blocks here,
+// as own does).
 bool products_pinned(bool* blas);
 
 // True when FASTRNN_CPU_PRODUCTS=stored: a float32 loop's step products on
