@@ -36,20 +36,27 @@ def deterministic():
 def test_no_timed_choice_in_deterministic_mode():
     """In a fresh process with FASTRNN_CPU_VERBOSE=1, which prints every
     measurement and race decision, deterministic training and inference of
-    each class print none: nothing was timed. Unset, the same script prints
+    each class, float32 and bfloat16, layers and cells, print none: nothing
+    was timed. Unset, the same script prints
     them (the check can fail)."""
     script = textwrap.dedent("""
         import sys, torch, fastrnn
         torch.use_deterministic_algorithms(sys.argv[1] == "1")
         torch.manual_seed(0)
-        for cls in (fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN):
-            m = cls(24, 40, num_layers=2, bidirectional=True)
-            x = torch.randn(9, 6, 24)
-            for _ in range(12):  # beyond a training race's calls
-                m(x)[0].sum().backward()
-            with torch.no_grad():
-                for _ in range(12):
-                    m(x)
+        for dtype in (torch.float32, torch.bfloat16):
+            for cls in (fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN):
+                m = cls(24, 40, num_layers=2, bidirectional=True).to(dtype)
+                x = torch.randn(9, 6, 24, dtype=dtype)
+                for _ in range(12):  # beyond a training race's calls
+                    m(x)[0].float().sum().backward()
+                with torch.no_grad():
+                    for _ in range(12):
+                        m(x)
+            for cls in (fastrnn.LSTMCell, fastrnn.GRUCell, fastrnn.RNNCell):
+                cell = cls(24, 40).to(dtype)
+                x = torch.randn(6, 24, dtype=dtype)
+                out = cell(x)
+                (out[0] if isinstance(out, tuple) else out).float().sum().backward()
         """)
     env = {**os.environ, "FASTRNN_CPU_VERBOSE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -65,24 +72,32 @@ def test_no_timed_choice_in_deterministic_mode():
     assert runs["0"], "unpinned, the same calls should have measured something"
 
 
-@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN], ids=lambda c: c.__name__)
+def flat(out):
+    """The tensors of a module's result: (y, h) or (y, (h, c)) or a cell's h or (h, c)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for part in out for t in flat(part)]
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN, fastrnn.LSTMCell,
+                                 fastrnn.GRUCell, fastrnn.RNNCell], ids=lambda c: c.__name__)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_deterministic_equals_own_pin(cls, threads, deterministic, monkeypatch):
     """Deterministic mode runs what FASTRNN_CPU_PRODUCTS=own runs: outputs,
     final states and every gradient equal bitwise, on 1 and 2 threads."""
     torch.manual_seed(1)
-    m = cls(33, 48, num_layers=2)
-    x = torch.randn(21, 7, 33)
+    layer = cls in (fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN)
+    m = cls(33, 48, num_layers=2) if layer else cls(33, 48)
+    x = torch.randn(21, 7, 33) if layer else torch.randn(7, 33)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         def run():
             m.zero_grad()
             xi = x.clone().requires_grad_()
-            y, state = m(xi)
-            states = state if isinstance(state, tuple) else (state,)
-            (y.square().sum() + sum(s.sum() for s in states)).backward()
-            return [y, *states, xi.grad, *(p.grad for p in m.parameters())]
+            outs = flat(m(xi))
+            sum(o.square().sum() for o in outs).backward()
+            return [*outs, xi.grad, *(p.grad for p in m.parameters())]
 
         monkeypatch.delenv("FASTRNN_CPU_PRODUCTS", raising=False)
         got = run()
