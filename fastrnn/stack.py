@@ -38,8 +38,11 @@ def padded_batch_sizes(steps: int, batch: int) -> Tensor:
     """batch_sizes of padded input, [batch] * steps: int64 on the CPU whatever
     the default device. Eager calls share one read-only tensor per shape
     (creating it costs ~1.5 us a call); traced calls make their own, and so do
-    calls under a dispatch mode (FakeTensorMode needs a fake tensor there)."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    calls under a dispatch mode (FakeTensorMode needs a fake tensor there) or a
+    torch.func transform (there it comes out wrapped for the transform's level,
+    which a later call at another level must not receive)."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()):
         return torch.full((steps,), batch, dtype=torch.int64, device="cpu")
     sizes = _PADDED.get((steps, batch))
     if sizes is None:

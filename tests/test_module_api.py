@@ -130,6 +130,65 @@ def test_torch_func_grad_matches_torch(name, kwargs):
         torch.testing.assert_close(got[key], value)
 
 
+@pytest.mark.parametrize("name,kwargs", PAIRS)
+def test_forward_mode_ad_matches_torch(name, kwargs):
+    """Forward-mode AD (torch.func.jvp over the parameters and the input;
+    torch.autograd.forward_ad's dual tensors) gives torch.nn's tangents: such
+    calls run the reference backend, whose ATen ops have forward derivatives
+    (the fused ops have none). torch.nn's CPU LSTM runs oneDNN, which has none
+    either: its tangents are compared with oneDNN off."""
+    ref, ours = build(name, kwargs)
+    ref.load_state_dict(ours.state_dict())
+    ref.eval(), ours.eval()  # no dropout draws
+    (x,) = sample_input(name, ours)
+    params = dict(ours.named_parameters())
+    tangents = ({k: torch.randn_like(v) for k, v in params.items()}, torch.randn_like(x))
+
+    def output(module):
+        return lambda p, inp: _first_tensor(functional_call(module, p, (inp,)))
+
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = torch.func.jvp(output(ref), (params, x), tangents)
+    got = torch.func.jvp(output(ours), (params, x), tangents)
+    assert ours.last_backend == "reference"
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, tangents[1])
+        with torch.backends.mkldnn.flags(enabled=False):
+            want = fwAD.unpack_dual(_first_tensor(ref(dual))).tangent
+        got = fwAD.unpack_dual(_first_tensor(ours(dual))).tangent
+    torch.testing.assert_close(got, want)
+    ours(x)  # outside forward-mode AD: the fused kernels again
+    assert ours.last_backend == "cpu"
+
+
+def test_transforms_then_eager_and_jacfwd(monkeypatch):
+    """A padded shape first seen under a torch.func transform caches no
+    functorch-wrapped batch_sizes (fastrnn.stack shares one tensor per shape
+    between eager calls): hessian (jacfwd over jacrev), then jacfwd and an
+    eager call of the same shape give torch.nn's results."""
+    from fastrnn import stack
+
+    monkeypatch.setattr(stack, "_PADDED", {})
+    ref, ours = build("GRU", dict(num_layers=2))
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 4, 5)
+
+    def loss(module):
+        return lambda inp: module(inp)[0].square().sum()
+
+    with torch.backends.mkldnn.flags(enabled=False):
+        want = torch.func.hessian(loss(ref))(x), torch.func.jacfwd(lambda i: ref(i)[0])(x)
+    got = torch.func.hessian(loss(ours))(x), torch.func.jacfwd(lambda i: ours(i)[0])(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert not any(torch._C._functorch.is_functorch_wrapped_tensor(t)
+                   for t in stack._PADDED.values())
+    torch.testing.assert_close(ours(x)[0], ref(x)[0])
+
+
 def test_per_sample_gradients_with_vmap():
     """vmap(grad(...)) gives per-sample gradients equal to one grad call per
     sample (torch.nn's RNN ops have no batching rule, so torch.nn cannot)."""

@@ -6,6 +6,9 @@ Selection order for one layer call:
   2. a named backend is tried first, then the automatic chain for the device;
   3. each backend in the chain either serves the call or declines with a reason;
      `reference` supports everything, so the chain always ends in a result.
+Under forward-mode AD (torch.func.jvp, jacfwd, hessian; a dual level of
+torch.autograd.forward_ad) every call runs `reference`: the fused ops have no
+forward derivative, the reference's ATen ops do.
 
 The automatic chain per device type is fastest first. `cuda` is deliberately
 absent from it: it is opt-in until its parity suite has passed on real hardware
@@ -18,6 +21,7 @@ import os
 from typing import Callable, Iterator, Optional
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 from .base import Backend, LayerSpec, LayerWeights
@@ -111,7 +115,12 @@ def select(spec: LayerSpec, x: Tensor) -> Backend:
     want = requested()
     key = (want, spec, x.dtype) if x.is_cpu else None
     chosen = None if key is None else _CPU_CHOICES.get(key)
-    if chosen is None:
+    # torch.func's jvp (and jacfwd, hessian) enters a dual level too: one
+    # module attribute (~0.03 us) tells both forms of forward-mode AD. Not
+    # cached: the same shape runs the fused kernels outside it.
+    if forward_ad._current_level >= 0:
+        chosen = _BACKENDS["reference"]
+    elif chosen is None:
         chosen, static = _BACKENDS["reference"], True
         for name in chain(x.device.type, want):
             backend = _BACKENDS.get(name)
