@@ -60,3 +60,36 @@ def test_dynamic_sequence_length_unbatched(case):
     for steps in (2, 9):
         y = example(name, steps=steps)[:, 0]
         assert_same(program.module()(y), ref_net(y))
+
+
+class _All(torch.nn.Module):
+    """Every layer case's net on one input: one AOTInductor compile for all."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+
+    def forward(self, x):
+        return tuple(net(x) for net in self.nets)
+
+
+def test_aot_inductor_package_dynamic(tmp_path):
+    """torch.export, then AOTInductor (aoti_compile_and_package and
+    aoti_load_package), the C++ deployment path of an exported program, with
+    a dynamic sequence length and batch: every layer case, bidirectional ones
+    included, gives torch.nn's outputs at other shapes. (A bidirectional
+    layer is exported as one op per direction: AOTInductor's proxy executor
+    passed bilayer_fwd's empty Tensor[] arguments as None.)"""
+    pairs = [nets(name, kwargs) for _, name, kwargs in LAYERS]
+    ours = _All([o for _, o in pairs]).eval()
+    torch.manual_seed(7)
+    x = example("LSTM", steps=6, batch=3)
+    shapes = ({0: torch.export.Dim("steps", min=2, max=64), 1: torch.export.Dim("batch", max=64)},)
+    program = torch.export.export(ours, (x,), dynamic_shapes=shapes)
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "m.pt2"))
+    runner = torch._inductor.aoti_load_package(package)
+    for steps, batch in ((2, 3), (6, 5), (11, 2)):
+        y = example("LSTM", steps=steps, batch=batch)
+        got = runner(y)
+        for (ref, _), out in zip(pairs, got):
+            assert_same(out, ref(y))
