@@ -1,13 +1,14 @@
 """What torch.use_deterministic_algorithms(True) costs fastrnn on the CPU, and
 what it buys.
 
-    python3 benchmarks/deterministic_mode.py --threads 1 [--calls 9]
+    python3 benchmarks/deterministic_mode.py --threads 1 [--budget 1.0]
     python3 benchmarks/deterministic_mode.py --threads 2 --runs 5
 
-Cost: each workload is called alternately with deterministic mode off and on,
-in one process on the same inputs, after 16 warm-up calls (which also end the
-default mode's measurements and races); printed are the medians and their
-ratio, deterministic / default (above 1: deterministic is slower).
+Cost: each workload with deterministic mode off and on, interleaved in one
+process on the same inputs by `fastrnn bench`'s timing (fastrnn/bench/timing.py:
+warm-up calls that also end the default mode's measurements and races, rotating
+rounds, medians); printed are the medians and their ratio, deterministic /
+default (above 1: deterministic is slower).
 
 --runs N: reproducibility. The same seeded script (12 SGD steps of an LSTM
 and a GRU at three shapes, then 6 inference calls) runs in N fresh processes
@@ -19,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
 import fastrnn
+from fastrnn.bench.timing import measure
 
 # (class, B, H = I, T, training)
 WORKLOADS = [
@@ -38,32 +38,27 @@ WORKLOADS = [
 SEEDED_SHAPES = [(8, 256, 256), (64, 256, 64), (64, 256, 16)]
 
 
-def cost(calls: int) -> None:
+def cost(budget: float) -> None:
     for name, B, H, T, training in WORKLOADS:
         torch.manual_seed(0)
         module = getattr(fastrnn, name)(H, H)
         x = torch.randn(T, B, H, requires_grad=training)
 
-        def call():
+        def call(deterministic: bool) -> None:
+            torch.use_deterministic_algorithms(deterministic)
             if training:
                 module(x)[0].sum().backward()
             else:
                 with torch.no_grad():
                     module(x)
 
-        times = {False: [], True: []}
-        for i in range(2 * calls + 16):
-            deterministic = i % 2 == 1
-            torch.use_deterministic_algorithms(deterministic)
-            start = time.perf_counter()
-            call()
-            if i >= 16:
-                times[deterministic].append(time.perf_counter() - start)
+        times = measure({"default": lambda: call(False), "deterministic": lambda: call(True)},
+                        "cpu", budget_s=budget)
         torch.use_deterministic_algorithms(False)
-        default, fixed = (statistics.median(times[d]) for d in (False, True))
+        default, fixed = times["default"].median_ms, times["deterministic"].median_ms
         mode = "training" if training else "inference"
-        print(f"{name} B{B} H{H} T{T} {mode}: default {default * 1e3:.2f} ms, "
-              f"deterministic {fixed * 1e3:.2f} ms, {fixed / default:.3f}x", flush=True)
+        print(f"{name} B{B} H{H} T{T} {mode}: default {default:.2f} ms, "
+              f"deterministic {fixed:.2f} ms, {fixed / default:.3f}x", flush=True)
 
 
 def seeded_digest(library: str) -> str:
@@ -103,7 +98,8 @@ def reproducibility(runs: int, threads: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--calls", type=int, default=9, help="timed calls per mode")
+    parser.add_argument("--budget", type=float, default=1.0,
+                        help="seconds of measured time per workload (fastrnn bench's --budget)")
     parser.add_argument("--runs", type=int, default=0, help="processes per mode (reproducibility)")
     parser.add_argument("--digest", choices=["torch", "fastrnn"], help=argparse.SUPPRESS)
     parser.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)
@@ -115,7 +111,7 @@ def main() -> None:
     elif args.runs:
         reproducibility(args.runs, args.threads)
     else:
-        cost(args.calls)
+        cost(args.budget)
 
 
 if __name__ == "__main__":

@@ -174,14 +174,20 @@ def layer_with_workspace(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0: Te
     return y, h_n, (c_n if spec.mode == "LSTM" else None), workspace
 
 
+def directions_apart() -> bool:
+    """Whether a bidirectional layer runs as two `layer` calls instead of one
+    bilayer_fwd: under torch.func transforms (see _LayerForTransforms), and
+    under torch.export, as AOTInductor's proxy executor, which runs an exported
+    program's fastrnn ops from C++, passed bilayer_fwd's empty Tensor[]
+    arguments (c0 of a GRU or RNN, W_hr without projection) as None."""
+    return torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting()
+
+
 def bidirectional_layer(spec: LayerSpec, x: Tensor, batch_sizes: Tensor, h0, c0, weights):
     """Both directions of one layer in one native call (the CPU kernel runs them
-    concurrently). Contract: Backend.bidirectional_layer in backends/base.py.
-    Under torch.func transforms, two `layer` calls (see _LayerForTransforms),
-    and so under torch.export: AOTInductor's proxy executor, which runs the
-    exported program's fastrnn ops from C++, passed bilayer_fwd's empty
-    Tensor[] arguments (c0 of a GRU or RNN, W_hr without projection) as None."""
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_exporting():
+    concurrently), or two `layer` calls where directions_apart().
+    Contract: Backend.bidirectional_layer in backends/base.py."""
+    if directions_apart():
         return tuple(layer(spec, x, batch_sizes, h0[d], c0[d], weights[d], d == 1) for d in (0, 1))
     save = _needs_saving((x, *h0, *c0, *weights[0], *weights[1]))
     return tuple(r[:3] for r in bidirectional_layer_with_workspace(

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .backends.base import Backend, LayerSpec, LayerWeights
+from .backends.native import _ops as native_ops  # None where fastrnn._C did not load
 from .gates_recompute import recompute
 
 # The gates fastrnn.gate_activations returns, in order; also their column blocks
@@ -42,9 +43,7 @@ def _blocks(names: tuple[str, ...], buffer: Tensor, hidden: int) -> dict[str, Te
 
 
 def _native(spec, x, batch_sizes, h0, c0, weights, reverse):
-    from . import _ops
-
-    y, h_n, c_n, ws = _ops.layer_with_workspace(spec, x, batch_sizes, h0, c0, weights, reverse, True)
+    y, h_n, c_n, ws = native_ops.layer_with_workspace(spec, x, batch_sizes, h0, c0, weights, reverse, True)
     return (y, h_n, c_n), _blocks(GATE_NAMES[spec.mode], ws, spec.hidden_size)
 
 
@@ -84,9 +83,7 @@ def run_keeping_gates(backend: Backend, spec: LayerSpec, x: Tensor, batch_sizes:
 
 def native_bidirectional_keeping_gates(spec, x, batch_sizes, h0, c0, weights):
     """The cpu backend's one native call for both directions, with both workspaces."""
-    from . import _ops
-
-    out = _ops.bidirectional_layer_with_workspace(spec, x, batch_sizes, h0, c0, weights, True)
+    out = native_ops.bidirectional_layer_with_workspace(spec, x, batch_sizes, h0, c0, weights, True)
     return tuple(
         ((y, h, c), _labelled("cpu", spec, y, _blocks(GATE_NAMES[spec.mode], ws, spec.hidden_size),
                               "saved by the kernel"))
@@ -114,9 +111,9 @@ class Recorder(Backend):
         return result
 
     def bidirectional_layer(self, spec, x, batch_sizes, h0, c0, weights):
-        # Only cpu runs both directions in one native call; the others (and cpu under
-        # torch.func transforms, as _ops.bidirectional_layer) run two `layer` calls.
-        if self.inner.name != "cpu" or torch._C._are_functorch_transforms_active():
+        # Only cpu runs both directions in one native call; the others (and cpu
+        # where native_ops.directions_apart()) run two `layer` calls.
+        if self.inner.name != "cpu" or native_ops.directions_apart():
             return super().bidirectional_layer(spec, x, batch_sizes, h0, c0, weights)
         both = native_bidirectional_keeping_gates(spec, x, batch_sizes, h0, c0, weights)
         self.records.extend(g for _, g in both)

@@ -15,6 +15,7 @@ import torch
 
 import fastrnn
 from fastrnn.backends import onednn_training
+from models import flat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,13 +71,6 @@ def test_no_timed_choice_in_deterministic_mode():
         runs[flag] = [line for line in done.stderr.splitlines() if line.startswith("fastrnn:")]
     assert runs["1"] == []
     assert runs["0"], "unpinned, the same calls should have measured something"
-
-
-def flat(out):
-    """The tensors of a module's result: (y, h) or (y, (h, c)) or a cell's h or (h, c)."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for part in out for t in flat(part)]
 
 
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN, fastrnn.LSTMCell,

@@ -112,15 +112,16 @@ def chain(device_type: str, want: Optional[str] = None) -> tuple[str, ...]:
 def select(spec: LayerSpec, x: Tensor) -> Backend:
     """The first backend in the chain that accepts this call (handed to an active
     gate capture's wrapper, if any; one frame, as it runs every layer call)."""
-    want = requested()
-    key = (want, spec, x.dtype) if x.is_cpu else None
-    chosen = None if key is None else _CPU_CHOICES.get(key)
     # torch.func's jvp (and jacfwd, hessian) enters a dual level too: one
     # module attribute (~0.03 us) tells both forms of forward-mode AD. Not
     # cached: the same shape runs the fused kernels outside it.
     if forward_ad._current_level >= 0:
         chosen = _BACKENDS["reference"]
-    elif chosen is None:
+        return _wrappers[-1](chosen) if _wrappers else chosen
+    want = requested()
+    key = (want, spec, x.dtype) if x.is_cpu else None
+    chosen = None if key is None else _CPU_CHOICES.get(key)
+    if chosen is None:
         chosen, static = _BACKENDS["reference"], True
         for name in chain(x.device.type, want):
             backend = _BACKENDS.get(name)
